@@ -1,0 +1,1 @@
+"""grn_jax.models."""
