@@ -1,0 +1,137 @@
+"""Heat-kernel (or any spectral-filter) diffusion of queries over per-cell sparse Laplacians.
+
+`diffuse(L, Q, plan)` computes `f(L) Q ~= c_0/2 Q + sum_{k=1..K} c_k T_k(L - I) Q` for every
+cell and all attention heads at once (Q is [B, S, H*Dh]) with the three-term recurrence
+`T_{k+1} = 2 (L - I) T_k - T_{k-1}` inside `lax.fori_loop` — no Python loop over cells or
+terms is traced. Accumulation is float32 (float64 if Q is float64): Q is cast up, the
+result cast back to Q's dtype.
+
+Masking semantics (shared with `diffuse_exact` and the fused kernel in `kernels/`):
+* `node_mask_BxS` True at real token positions (CLS + genes); False = padding.
+* `passthrough_mask_BxS` True where Q is returned unchanged (the CLS position, never in
+  the graph). Defaults to none.
+* Graph nodes are `node_mask & ~passthrough`. Q is zeroed outside them BEFORE diffusing, so
+  padding and CLS never influence real positions; padding positions return zeros.
+
+Loop order: on CPU each cell is diffused to completion before the next (`lax.map`), so the
+cell's [S, D] working set (4 MB at S=2048, D=512) stays in cache through all K steps; on
+accelerators the whole batch advances together (`vmap`). See benchmarks/results/diffusion.md.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import sparse
+
+from grn_jax.graphs.chebyshev import ChebyshevPlan
+
+CELL_LOOPS = ("auto", "map", "vmap")
+
+
+def _coeff_array(plan_or_coeffs) -> jax.Array:
+    """float64 numpy (plan) or the given array; c_0 not halved."""
+    if isinstance(plan_or_coeffs, ChebyshevPlan):
+        return plan_or_coeffs.as_array()
+    c = plan_or_coeffs
+    if np.ndim(c) != 1 or np.shape(c)[0] < 1:
+        raise ValueError(f"Chebyshev coefficients must be a 1-D array c_0..c_K, got shape {np.shape(c)}")
+    return c
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """The accumulation dtype for Q of `dtype`: float32, or float64 for float64 input."""
+    return jnp.promote_types(jnp.dtype(dtype), jnp.float32)
+
+
+def diffuse(laplacian: sparse.BCOO, q_BxSxD: jax.Array,
+            plan_or_coeffs: Union[ChebyshevPlan, jax.Array, np.ndarray], *,
+            node_mask_BxS: jax.Array, passthrough_mask_BxS: Optional[jax.Array] = None,
+            cell_loop: str = "auto") -> jax.Array:
+    """Diffuse Q over each cell's graph: `f(L) Q` by a Chebyshev expansion.
+
+    Args:
+      laplacian: BCOO [B, S, S] (n_batch=1) from `normalized_laplacian`; any symmetric
+        matrix with spectrum in [0, 2] works (duplicate entries add).
+      q_BxSxD: queries, D = heads * head_dim; any float dtype (bf16 ok).
+      plan_or_coeffs: a `ChebyshevPlan` (e.g. `heat_kernel_plan(beta)`) or coefficients
+        c_0..c_K (c_0 NOT halved; this function halves it) as a 1-D array.
+      node_mask_BxS: bool, real token positions (CLS + genes).
+      passthrough_mask_BxS: bool, positions returned unchanged (CLS); None = no such position.
+      cell_loop: "map" (cells one after another, cache-friendly on CPU), "vmap" (whole batch
+        per step, for accelerators) or "auto" (map on CPU, vmap elsewhere). Same values.
+
+    Returns:
+      [B, S, D] in Q's dtype. Differentiable w.r.t. Q and the Laplacian's values (hence
+      the edge weights). Works under jit; the order K is static (taken from the plan).
+    """
+    if not isinstance(laplacian, sparse.BCOO):
+        raise ValueError(f"laplacian must be a jax.experimental.sparse.BCOO, got {type(laplacian).__name__}; "
+                         f"build it with normalized_laplacian(...)")
+    if q_BxSxD.ndim != 3:
+        raise ValueError(f"q_BxSxD must be [B, S, D], got shape {q_BxSxD.shape}")
+    b, s, _ = q_BxSxD.shape
+    if laplacian.shape != (b, s, s) or laplacian.n_batch != 1 or laplacian.n_dense != 0:
+        raise ValueError(f"laplacian must be a BCOO [B, S, S] = [{b}, {s}, {s}] with one batch dimension, got shape "
+                         f"{laplacian.shape}, n_batch={laplacian.n_batch}, n_dense={laplacian.n_dense}")
+    if node_mask_BxS.shape != (b, s):
+        raise ValueError(f"node_mask_BxS must be [{b}, {s}], got {node_mask_BxS.shape}")
+    if passthrough_mask_BxS is None:
+        passthrough_mask_BxS = jnp.zeros((b, s), bool)
+    elif passthrough_mask_BxS.shape != (b, s):
+        raise ValueError(f"passthrough_mask_BxS must be [{b}, {s}], got {passthrough_mask_BxS.shape}")
+    if cell_loop not in CELL_LOOPS:
+        raise ValueError(f"cell_loop must be one of {CELL_LOOPS}, got {cell_loop!r}")
+    if cell_loop == "auto":
+        cell_loop = "map" if jax.default_backend() == "cpu" else "vmap"
+    if not jnp.issubdtype(q_BxSxD.dtype, jnp.floating):
+        raise ValueError(f"q_BxSxD must be floating point, got {q_BxSxD.dtype}")
+
+    acc_dtype = compute_dtype(q_BxSxD.dtype)
+    coeffs = jnp.asarray(_coeff_array(plan_or_coeffs), dtype=acc_dtype)
+    data = laplacian.data.astype(acc_dtype)
+    rows = laplacian.indices[..., 0]
+    cols = laplacian.indices[..., 1]
+    graph_BxS = node_mask_BxS.astype(bool) & ~passthrough_mask_BxS.astype(bool)
+
+    def one_cell(args):
+        data_N, rows_N, cols_N, q_SxD, graph_S = args
+        q0_SxD = jnp.where(graph_S[:, None], q_SxD.astype(acc_dtype), 0)
+        return chebyshev_apply(data_N, rows_N, cols_N, q0_SxD, coeffs)
+
+    args = (data, rows, cols, q_BxSxD, graph_BxS)
+    if cell_loop == "map":
+        out_BxSxD = jax.lax.map(one_cell, args)
+    else:
+        out_BxSxD = jax.vmap(one_cell)(args)
+    out_BxSxD = jnp.where(graph_BxS[..., None], out_BxSxD, 0).astype(q_BxSxD.dtype)
+    return jnp.where(passthrough_mask_BxS[..., None], q_BxSxD, out_BxSxD)
+
+
+def shifted_matmul(data_N, rows_N, cols_N, v_SxD):
+    """(L - I) v for one cell, L given by its stored entries (duplicates add)."""
+    s = v_SxD.shape[0]
+    lv_SxD = jax.ops.segment_sum(data_N[:, None] * v_SxD[cols_N], rows_N, num_segments=s)
+    return lv_SxD - v_SxD
+
+
+def chebyshev_apply(data_N, rows_N, cols_N, q_SxD, coeffs_K):
+    """`c_0/2 q + sum_k c_k T_k(L - I) q` for one cell by the three-term recurrence."""
+    order = coeffs_K.shape[0] - 1
+    acc = 0.5 * coeffs_K[0] * q_SxD
+    if order == 0:
+        return acc
+    t_prev = q_SxD
+    t_cur = shifted_matmul(data_N, rows_N, cols_N, q_SxD)
+    acc = acc + coeffs_K[1] * t_cur
+
+    def step(k, carry):
+        t_prev, t_cur, acc = carry
+        t_next = 2 * shifted_matmul(data_N, rows_N, cols_N, t_cur) - t_prev
+        return t_cur, t_next, acc + coeffs_K[k] * t_next
+
+    _, _, acc = jax.lax.fori_loop(2, order + 1, step, (t_prev, t_cur, acc))
+    return acc
