@@ -1,1 +1,3 @@
 """grn_jax.datasets."""
+
+from grn_jax.datasets.simulate import SimulatedData, simulate  # noqa: E402,F401
