@@ -1,0 +1,191 @@
+"""Orbax checkpoints holding everything needed to resume exactly.
+
+Each checkpoint step holds four items: the train state (sharded arrays), the
+data-iterator state, the resolved run config and the vocabulary (all JSON; no
+pickle anywhere). Saves are asynchronous; the last `keep_last` steps and the
+`keep_best` steps with the lowest validation loss are kept.
+
+Integrity: once a save has finalised, a background thread writes
+`grn_jax_integrity.json` (SHA-256 of every file) into the step directory.
+Restoring verifies it: a checkpoint whose files changed is refused with
+`CheckpointError`; one without the record (the process died before the save
+completed) is reported and skipped by `latest_valid_step`. Arrays are restored
+directly into the shardings of the *current* mesh, which may differ from the
+mesh that saved them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+INTEGRITY_FILE = "grn_jax_integrity.json"
+ITEMS = ("state", "data", "config", "vocab")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is corrupt, partial or incompatible; the message says which step and why."""
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int
+    state: Any
+    data_state: dict
+    config: dict
+    vocab: Any
+
+
+def _hash_files(step_dir: Path) -> dict:
+    digests = {}
+    for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != INTEGRITY_FILE):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digests[str(path.relative_to(step_dir))] = {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
+    return digests
+
+
+class Checkpointer:
+    """Save/restore train state + data-iterator state + config + vocabulary under `directory`."""
+
+    def __init__(self, directory: str | os.PathLike, *, every: int, keep_last: int = 2, keep_best: int = 1,
+                 async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self.every = every
+        policies = [ocp.checkpoint_managers.LatestN(n=keep_last)]
+        if keep_best > 0:
+            policies.append(ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m["val_loss"], reverse=True, n=keep_best,
+                keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every),
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            best_fn=lambda m: m["val_loss"],  # makes orbax record metrics; ranking is the policy above
+            best_mode="min",
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self._integrity_threads: list[threading.Thread] = []
+        self._write_missing_integrity_for = set()
+
+    # ----------------------------------------------------------------- save
+    def save(self, step: int, state: Any, *, data_state: dict, config: dict, vocab: Any,
+             metrics: Optional[dict] = None, force: bool = False) -> bool:
+        """Start an asynchronous save of `step` (if due, or `force`); True if a save started."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            config=ocp.args.JsonSave(config),
+            vocab=ocp.args.JsonSave({"vocab": vocab}),
+        )
+        started = self._mngr.save(step, args=args, metrics=metrics, force=force)
+        if started:
+            t = threading.Thread(target=self._seal, args=(step,), name=f"ckpt-integrity-{step}", daemon=True)
+            t.start()
+            self._integrity_threads.append(t)
+        return started
+
+    def _seal(self, step: int) -> None:
+        self._mngr.wait_until_finished()
+        if jax.process_index() != 0:
+            return
+        step_dir = self.directory / str(step)
+        if not step_dir.is_dir():  # already garbage-collected by the preservation policy
+            return
+        record = {"step": step, "files": _hash_files(step_dir)}
+        tmp = step_dir / (INTEGRITY_FILE + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, step_dir / INTEGRITY_FILE)
+
+    def wait(self) -> None:
+        """Block until every started save is finalised and sealed."""
+        self._mngr.wait_until_finished()
+        for t in self._integrity_threads:
+            t.join()
+        self._integrity_threads = [t for t in self._integrity_threads if t.is_alive()]
+
+    def close(self) -> None:
+        self.wait()
+        self._mngr.close()
+
+    # -------------------------------------------------------------- inspect
+    def all_steps(self) -> list[int]:
+        self._mngr.reload()
+        return sorted(self._mngr.all_steps())
+
+    def best_step(self) -> Optional[int]:
+        """The kept step with the lowest validation loss (None if none has one)."""
+        best = None
+        for step in self.all_steps():
+            m = self.metrics(step)
+            if m and "val_loss" in m and (best is None or m["val_loss"] < best[1]):
+                best = (step, m["val_loss"])
+        return None if best is None else best[0]
+
+    def metrics(self, step: int) -> Optional[dict]:
+        """The metrics saved with `step` (e.g. {"val_loss": ...}), or None."""
+        return self._mngr.metrics(step) or None
+
+    def verify(self, step: int) -> None:
+        """Raise CheckpointError unless step `step` is complete and byte-identical to what was saved."""
+        step_dir = self.directory / str(step)
+        record_path = step_dir / INTEGRITY_FILE
+        if not step_dir.is_dir():
+            raise CheckpointError(f"checkpoint step {step}: no directory {step_dir}")
+        if not record_path.is_file():
+            raise CheckpointError(
+                f"checkpoint step {step} at {step_dir} is partial: it has no {INTEGRITY_FILE} (the process "
+                f"stopped before the save completed); it will not be loaded")
+        try:
+            recorded = json.loads(record_path.read_text())["files"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint step {step}: unreadable {record_path} ({e})") from e
+        actual = _hash_files(step_dir)
+        missing = sorted(set(recorded) - set(actual))
+        changed = sorted(k for k in recorded if k in actual and actual[k] != recorded[k])
+        extra = sorted(set(actual) - set(recorded))
+        if missing or changed or extra:
+            raise CheckpointError(
+                f"checkpoint step {step} at {step_dir} is corrupt: {len(missing)} file(s) missing "
+                f"{missing[:3]}, {len(changed)} changed {changed[:3]}, {len(extra)} unexpected {extra[:3]}; "
+                f"refusing to load it. Delete {step_dir} to resume from an earlier checkpoint.")
+
+    def latest_valid_step(self, report=print) -> Optional[int]:
+        """The newest complete checkpoint; partial ones are reported and skipped, corrupt ones raise."""
+        for step in reversed(self.all_steps()):
+            if not (self.directory / str(step) / INTEGRITY_FILE).is_file():
+                report(f"checkpoint step {step} is partial (no {INTEGRITY_FILE}: the run stopped before the "
+                       f"save completed); skipping it")
+                continue
+            self.verify(step)
+            return step
+        return None
+
+    # -------------------------------------------------------------- restore
+    def restore(self, step: int, abstract_state: Any) -> Restored:
+        """Restore `step` into the layout of `abstract_state` (ShapeDtypeStructs with shardings)."""
+        self.verify(step)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore(),
+            vocab=ocp.args.JsonRestore(),
+        )
+        try:
+            out = self._mngr.restore(step, args=args)
+        except Exception as e:  # orbax raises many types; name the step and keep the cause
+            raise CheckpointError(f"checkpoint step {step} at {self.directory / str(step)} could not be "
+                                  f"restored into the current state layout: {type(e).__name__}: {e}") from e
+        return Restored(step=step, state=out["state"], data_state=out["data"], config=out["config"],
+                        vocab=out["vocab"]["vocab"])

@@ -1,0 +1,141 @@
+"""The device mesh and the ONE table mapping logical axis names to mesh axes.
+
+Models name logical axes only (`grn_jax.axes`); this file decides where they
+live: cells over data x fsdp, parameters and optimiser state over fsdp, heads
+and MLP width over tensor. JAX's SPMD partitioner does the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from grn_jax import axes
+from grn_jax.train.config import MeshConfig
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_MESH_AXES = ("data", "fsdp")
+
+# Logical -> mesh rules, in priority order (flax assigns each mesh axis at most
+# once per array, first rule wins: an activation [batch, genes, embed] puts
+# batch on (data, fsdp) and leaves embed unsharded; a parameter [vocab, embed]
+# puts embed on fsdp).
+LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    (axes.BATCH, BATCH_MESH_AXES),
+    (axes.HEADS, "tensor"),
+    (axes.MLP, "tensor"),
+    (axes.EMBED, "fsdp"),
+    (axes.GENES, None),
+    (axes.HEAD_DIM, None),
+    (axes.VOCAB, None),
+    (axes.EDGES, None),
+    (axes.CLASSES, None),
+)
+
+
+def resolve_mesh_shape(cfg: MeshConfig, n_devices: int) -> dict:
+    """Mesh axis sizes with the -1 entry filled so that their product is `n_devices`."""
+    sizes = cfg.as_dict()
+    known = math.prod(s for s in sizes.values() if s != -1)
+    fill = [k for k, s in sizes.items() if s == -1]
+    if fill:
+        if n_devices % known:
+            raise ValueError(
+                f"mesh: fixed axes {sizes} multiply to {known}, which does not divide the {n_devices} "
+                f"available devices; choose sizes whose product divides {n_devices}")
+        sizes[fill[0]] = n_devices // known
+    elif known != n_devices:
+        raise ValueError(
+            f"mesh: {sizes} needs {known} devices but {n_devices} are available; "
+            f"set one axis to -1 to fill, or change the sizes")
+    return sizes
+
+
+def make_mesh(cfg: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A Mesh with axes (data, fsdp, tensor) over `devices` (default: all devices, all hosts)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = resolve_mesh_shape(cfg, len(devices))
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    if len(devices) == len(jax.devices()):
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
+    else:
+        grid = np.asarray(devices, dtype=object).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_sharding(logical_specs: Any, mesh: Mesh) -> Any:
+    """Map a tree of logical PartitionSpecs to NamedShardings on `mesh` with the rules table."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
+
+
+def fit_sharding_to_shape(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding:
+    """Drop mesh axes from dimensions they do not divide (e.g. a 3-wide bias on tensor=2).
+
+    Such dimensions are replicated instead; `count_unfitted` reports how many.
+    """
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    mesh_shape = sharding.mesh.shape
+    fitted = []
+    for dim, entry in zip(shape, spec):
+        names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+        size = math.prod(mesh_shape[n] for n in names)
+        fitted.append(entry if size <= 1 or dim % size == 0 else None)
+    return NamedSharding(sharding.mesh, P(*fitted))
+
+
+def param_shardings(abstract_boxed_params: Any, mesh: Mesh) -> tuple[Any, int]:
+    """NamedShardings for (unboxed) parameters from the logical annotations of boxed abstract params.
+
+    Returns (shardings, n_unfitted): parameters without annotations are
+    replicated; n_unfitted counts dimensions left replicated because the mesh
+    axis does not divide them.
+    """
+    specs = nn.get_partition_spec(abstract_boxed_params)
+    shardings = logical_to_sharding(specs, mesh)
+    shapes = nn.unbox(abstract_boxed_params)
+    n_unfitted = 0
+    out = []
+    flat_s, treedef = jax.tree_util.tree_flatten(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    flat_p = treedef.flatten_up_to(shapes)
+    for s, p in zip(flat_s, flat_p):
+        fitted = fit_sharding_to_shape(s, p.shape)
+        n_unfitted += fitted.spec != s.spec
+        out.append(fitted)
+    return jax.tree_util.tree_unflatten(treedef, out), n_unfitted
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (cell) dimension over data x fsdp; everything else local."""
+    return NamedSharding(mesh, P(BATCH_MESH_AXES))
+
+
+def batch_shardings(batch: Any, mesh: Mesh) -> Any:
+    """A tree of `batch_sharding(mesh)` matching `batch` (e.g. a TokenBatch)."""
+    s = batch_sharding(mesh)
+    return jax.tree_util.tree_map(lambda _: s, batch)
+
+
+def n_batch_shards(mesh: Mesh) -> int:
+    return math.prod(mesh.shape[a] for a in BATCH_MESH_AXES)
+
+
+def global_batch(local_batch: Any, mesh: Mesh) -> Any:
+    """Assemble this host's numpy batch slice into globally sharded jax Arrays.
+
+    On one host the local batch is the global batch; on many hosts each host
+    passes only the cells it read (its data shard).
+    """
+    s = batch_sharding(mesh)
+    return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(s, np.asarray(x)), local_batch)

@@ -1,0 +1,129 @@
+"""The compiled training and evaluation steps.
+
+One `jax.jit` per step function with explicit in/out shardings and the train
+state donated. Inside the step: bin masking from (seed, step), forward and
+backward over `grad_accum` micro-batches in a `lax.scan` (sums, so the result
+equals the big-batch gradient), clipping + AdamW, and a finiteness guard that
+refuses to write a non-finite update into the state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from grn_jax.train import losses
+from grn_jax.train import sharding as sh
+from grn_jax.train.config import TrainConfig
+from grn_jax.train.optim import make_schedule
+from grn_jax.train.state import TrainState
+
+# apply_fn(params, batch, *, deterministic, rngs) -> bin logits [B, S, n_bins]
+ApplyFn = Callable[..., jax.Array]
+# mask_fn(key, batch) -> batch with bins masked and targets/loss_mask filled
+MaskFn = Callable[[jax.Array, Any], Any]
+
+EVAL_SEED_OFFSET = 1_000_003  # validation masks come from a key stream disjoint from training
+
+
+def _sums(apply_fn: ApplyFn, params, batch, rng, deterministic: bool):
+    logits = apply_fn(params, batch, deterministic=deterministic, rngs={"dropout": rng})
+    ce_sum, count = losses.masked_bin_cross_entropy(logits, batch.targets, batch.loss_mask)
+    correct = losses.masked_bin_correct(logits, batch.targets, batch.loss_mask)
+    return ce_sum, (count, correct)
+
+
+def _split_micro(batch, n_micro: int):
+    """[B, ...] -> [n_micro, B // n_micro, ...] taking cells i::n_micro into micro-batch i.
+
+    Strided so that every device's local cells feed every micro-batch (no
+    cross-device traffic for the split under a batch-sharded layout).
+    """
+    def split(x):
+        b = x.shape[0]
+        x = x.reshape((b // n_micro, n_micro) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+    return jax.tree_util.tree_map(split, batch)
+
+
+def make_train_step(apply_fn: ApplyFn, mask_fn: MaskFn, tx: optax.GradientTransformation,
+                    cfg: TrainConfig) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """The (un-jitted) step: (state, batch) -> (new state, metrics)."""
+    schedule_fn = make_schedule(cfg)
+    n_micro = cfg.grad_accum
+
+    def grads_and_sums(params, batch, rng):
+        grad_fn = jax.value_and_grad(lambda p, b, r: _sums(apply_fn, p, b, r, False), has_aux=True)
+        if n_micro == 1:
+            (ce_sum, (count, correct)), g_sum = grad_fn(params, batch, rng)
+            return g_sum, ce_sum, count, correct
+
+        def body(carry, xs):
+            g_acc, s_acc, c_acc, k_acc = carry
+            micro, i = xs
+            (s, (c, k)), g = grad_fn(params, micro, jax.random.fold_in(rng, i))
+            g_acc = jax.tree_util.tree_map(jnp.add, g_acc, g)
+            return (g_acc, s_acc + s, c_acc + c, k_acc + k), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        zero = jnp.zeros((), jnp.float32)
+        (g_sum, ce_sum, count, correct), _ = jax.lax.scan(
+            body, (zeros, zero, zero, zero), (_split_micro(batch, n_micro), jnp.arange(n_micro)))
+        return g_sum, ce_sum, count, correct
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
+        mask_key, dropout_key = jax.random.split(key)
+        batch = mask_fn(mask_key, batch)
+        g_sum, ce_sum, count, correct = grads_and_sums(state.params, batch, dropout_key)
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree_util.tree_map(lambda g: g / denom.astype(g.dtype), g_sum)
+        loss = losses.safe_mean(ce_sum, count)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state)
+        # NaN/inf guard: a non-finite step leaves the state untouched; the loop stops on `finite`.
+        new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
+        metrics = {
+            "loss": loss,
+            "accuracy": losses.safe_mean(correct, count),
+            "grad_norm": grad_norm,
+            "lr": schedule_fn(state.step),
+            "n_masked": count,
+            "finite": finite,
+        }
+        return new, metrics
+
+    return train_step
+
+
+def make_eval_step(apply_fn: ApplyFn, mask_fn: MaskFn, cfg: TrainConfig) -> Callable:
+    """(params, batch, batch_index) -> sums of loss / masked count / correct, deterministic masks."""
+
+    def eval_step(params, batch, batch_index):
+        key = jax.random.fold_in(jax.random.key(cfg.seed + EVAL_SEED_OFFSET), batch_index)
+        batch = mask_fn(key, batch)
+        ce_sum, (count, correct) = _sums(apply_fn, params, batch, key, True)
+        return {"loss_sum": ce_sum, "n_masked": count, "correct": correct}
+
+    return eval_step
+
+
+def jit_train_step(step_fn, state_shardings: TrainState, batch_example: Any, mesh: Mesh):
+    """jax.jit with explicit shardings: state sharded as initialised, batch over data x fsdp, state donated."""
+    return jax.jit(step_fn,
+                   in_shardings=(state_shardings, sh.batch_shardings(batch_example, mesh)),
+                   out_shardings=(state_shardings, sh.replicated(mesh)),
+                   donate_argnums=(0,))
+
+
+def jit_eval_step(eval_fn, param_shardings: Any, batch_example: Any, mesh: Mesh):
+    rep = sh.replicated(mesh)
+    return jax.jit(eval_fn, in_shardings=(param_shardings, sh.batch_shardings(batch_example, mesh), rep),
+                   out_shardings=rep)
