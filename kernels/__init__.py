@@ -1,1 +1,24 @@
-"""Pallas kernels (installed as `grn_jax.kernels`), each beside a pure-jnp reference."""
+"""Pallas kernels (installed as `grn_jax.kernels`), each beside a pure-jnp reference.
+
+* `ell`: padded fixed-degree layout of each cell's shifted Laplacian L~ = L - I.
+* `chebyshev_diffusion`: fused Chebyshev heat-kernel diffusion of query columns.
+* `diffusion_attention`: GDKA = fused diffusion + online-softmax (flash) attention.
+
+Every kernel takes `interpret: bool` (True runs it through the Pallas
+interpreter on any backend, which is how CPU tests verify it) and a frozen
+block-size dataclass; GPU lowering is Pallas-Triton.
+"""
+
+from .chebyshev_diffusion import ChebyshevBlocks, chebyshev_diffusion, chebyshev_diffusion_reference
+from .diffusion_attention import (DiffusionAttentionBlocks, FlashBlocks, diffusion_attention,
+                                  diffusion_attention_reference, masked_attention_reference,
+                                  masked_flash_attention)
+from .ell import (EllLaplacian, build_ell_laplacian, check_ell, ell_degree_bound, ell_from_laplacian,
+                  safe_width)
+
+__all__ = [
+    "ChebyshevBlocks", "DiffusionAttentionBlocks", "EllLaplacian", "FlashBlocks", "build_ell_laplacian",
+    "chebyshev_diffusion", "chebyshev_diffusion_reference", "check_ell", "diffusion_attention",
+    "diffusion_attention_reference", "ell_degree_bound", "ell_from_laplacian", "masked_attention_reference",
+    "masked_flash_attention", "safe_width",
+]

@@ -78,8 +78,9 @@ def _validate(q_BxSxC, ell: EllLaplacian, coeffs_K):
     if ell.indices.shape[:2] != (b, s) or ell.values.shape != ell.indices.shape:
         raise ValueError(f"ELL indices/values must be [B, S, R] = [{b}, {s}, R] to match q, got "
                          f"{ell.indices.shape} / {ell.values.shape}")
-    if ell.node_mask.shape != (b, s):
-        raise ValueError(f"ELL node_mask must be [{b}, {s}], got {ell.node_mask.shape}")
+    if ell.node_mask.shape != (b, s) or ell.passthrough_mask.shape != (b, s):
+        raise ValueError(f"ELL node_mask/passthrough_mask must be [{b}, {s}], got {ell.node_mask.shape}/"
+                         f"{ell.passthrough_mask.shape}")
     if not jnp.issubdtype(ell.indices.dtype, jnp.integer):
         raise ValueError(f"ELL indices must be integer, got {ell.indices.dtype}")
     if coeffs_K.ndim != 1 or coeffs_K.shape[0] < 1:
@@ -90,12 +91,10 @@ def _masked_input(q_BxSxC, node_mask_BxS):
     return jnp.where(node_mask_BxS[..., None], q_BxSxC.astype(jnp.float32), 0.0)
 
 
-def _finish(acc_BxSxC, q_BxSxC, node_mask_BxS):
-    """Padding rows -> 0, CLS row (position 0) -> q unchanged, cast back to q's dtype."""
-    s = q_BxSxC.shape[1]
-    is_cls = (jnp.arange(s) == 0)[None, :, None]
+def _finish(acc_BxSxC, q_BxSxC, node_mask_BxS, passthrough_BxS):
+    """Non-graph rows -> 0, passthrough rows (CLS) -> q unchanged, cast back to q's dtype."""
     out = jnp.where(node_mask_BxS[..., None], acc_BxSxC, 0.0)
-    return jnp.where(is_cls, q_BxSxC.astype(jnp.float32), out).astype(q_BxSxC.dtype)
+    return jnp.where(passthrough_BxS[..., None], q_BxSxC.astype(jnp.float32), out).astype(q_BxSxC.dtype)
 
 
 def chebyshev_diffusion_reference(q_BxSxC, ell: EllLaplacian, coeffs_K, *,
@@ -124,7 +123,7 @@ def chebyshev_diffusion_reference(q_BxSxC, ell: EllLaplacian, coeffs_K, *,
             return (t_cur, t_next, acc + c_k * t_next), None
 
         (_, _, acc), _ = jax.lax.scan(step, (x, t1, acc), coeffs_K[2:])
-    return _finish(acc, q_BxSxC, ell.node_mask)
+    return _finish(acc, q_BxSxC, ell.node_mask, ell.passthrough_mask)
 
 
 def _kernel(coef_ref, mask_ref, idx_ref, val_ref, q_ref, acc_ref, ta_ref, tb_ref, *,
@@ -231,24 +230,25 @@ def _pallas_forward(q_BxSxC, indices, values, node_mask, coeffs_K, block: Chebys
     return acc
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _diffuse(q_BxSxC, indices, values, node_mask, coeffs_K, block, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _diffuse(q_BxSxC, indices, values, node_mask, passthrough, coeffs_K, block, interpret):
     acc = _pallas_forward(q_BxSxC, indices, values, node_mask, coeffs_K, block, interpret)
-    return _finish(acc, q_BxSxC, node_mask)
+    return _finish(acc, q_BxSxC, node_mask, passthrough)
 
 
-def _diffuse_fwd(q_BxSxC, indices, values, node_mask, coeffs_K, block, interpret):
-    out = _diffuse(q_BxSxC, indices, values, node_mask, coeffs_K, block, interpret)
-    return out, (indices, values, node_mask, coeffs_K, jnp.zeros((0,), q_BxSxC.dtype))
+def _diffuse_fwd(q_BxSxC, indices, values, node_mask, passthrough, coeffs_K, block, interpret):
+    out = _diffuse(q_BxSxC, indices, values, node_mask, passthrough, coeffs_K, block, interpret)
+    return out, (indices, values, node_mask, passthrough, coeffs_K, jnp.zeros((0,), q_BxSxC.dtype))
 
 
 def _diffuse_bwd(block, interpret, res, g_BxSxC):
-    indices, values, node_mask, coeffs_K, dtype_tag = res
-    # The operator P = e0 e0^T + N f(L) N (N = node mask) is symmetric: dQ = P g.
+    indices, values, node_mask, passthrough, coeffs_K, dtype_tag = res
+    # The operator P = Pass + N f(L) N (N: graph-node mask, Pass: passthrough rows) is
+    # symmetric, so dQ = P g: the same fused kernel on the cotangent.
     g32 = g_BxSxC.astype(jnp.float32)
     acc = _pallas_forward(g32, indices, values, node_mask, coeffs_K, block, interpret)
-    dq = _finish(acc, g32, node_mask).astype(dtype_tag.dtype)
-    return dq, None, None, None, None
+    dq = _finish(acc, g32, node_mask, passthrough).astype(dtype_tag.dtype)
+    return dq, None, None, None, None, None
 
 
 _diffuse.defvjp(_diffuse_fwd, _diffuse_bwd)
@@ -268,4 +268,5 @@ def chebyshev_diffusion(q_BxSxC, ell: EllLaplacian, coeffs_K, *,
     _validate(q_BxSxC, ell, coeffs_K)
     if not isinstance(block, ChebyshevBlocks):
         raise ValueError(f"block must be a ChebyshevBlocks, got {type(block).__name__}")
-    return _diffuse(q_BxSxC, ell.indices, ell.values, ell.node_mask, coeffs_K, block, bool(interpret))
+    return _diffuse(q_BxSxC, ell.indices, ell.values, ell.node_mask, ell.passthrough_mask, coeffs_K, block,
+                    bool(interpret))

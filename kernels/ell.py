@@ -31,12 +31,14 @@ class EllLaplacian:
     """L~ = L - I per cell in ELL form, plus which rows are diffused.
 
     indices_BxSxR: int32 neighbour positions; values_BxSxR: float32 entries of L~.
-    node_mask_BxS: real gene tokens (token_mask without the CLS at position 0).
+    node_mask_BxS: graph nodes (gene tokens: token_mask without the CLS);
+    passthrough_mask_BxS: rows returned unchanged by diffusion (the CLS).
     """
 
     indices: jax.Array  # int32 [B, S, R]
     values: jax.Array  # float32 [B, S, R]
     node_mask: jax.Array  # bool [B, S]
+    passthrough_mask: jax.Array  # bool [B, S]
     num_invalid_edges: jax.Array  # int32 [B]
     num_dropped: jax.Array  # int32 [B]
 
@@ -65,8 +67,40 @@ def ell_degree_bound(senders, receivers, edge_mask, seq_len: int, *, multiple: i
     return max(multiple, -(-best // multiple) * multiple)
 
 
+def _place(rows_N, cols_N, vals_N, live_N, s_len: int, width: int):
+    """Coalesce (row, col, value) entries (duplicates add) into ELL rows of `width` slots.
+
+    Returns indices [S, R], values [S, R] and the number of distinct entries that
+    did not fit. Empty slots point at their own row with value 0.
+    """
+    n = rows_N.shape[0]
+    sentinel = s_len * s_len
+    key_N = jnp.where(live_N, rows_N * s_len + cols_N, sentinel)
+    order = jnp.argsort(key_N)
+    key = key_N[order]
+    v = jnp.where(live_N, vals_N, 0.0)[order]
+    live = key < sentinel
+    first = live & jnp.concatenate([jnp.ones((1,), bool), key[1:] != key[:-1]])
+    uid = jnp.where(live, jnp.cumsum(first.astype(jnp.int32)) - 1, n)  # dead slots -> extra segment
+    v_u = jax.ops.segment_sum(v, uid, num_segments=n + 1)[:n]
+    row = jnp.where(live, key // s_len, 0)
+    col = jnp.where(live, key % s_len, 0)
+    big = jnp.iinfo(jnp.int32).max
+    row_first_uid = jax.ops.segment_min(jnp.where(first, uid, big), row, num_segments=s_len)
+    slot = uid - row_first_uid[row]
+    placed = first & (slot < width)
+    num_dropped = jnp.sum(first & (slot >= width)).astype(jnp.int32)
+    flat = jnp.where(placed, row * width + slot, s_len * width)  # out of bounds -> not written
+    pos_S = jnp.arange(s_len, dtype=jnp.int32)
+    indices = jnp.broadcast_to(pos_S[:, None], (s_len, width)).reshape(-1)
+    indices = indices.at[flat].set(col.astype(jnp.int32), mode="drop")
+    values = jnp.zeros((s_len * width,), jnp.float32).at[flat].set(
+        v_u[jnp.minimum(uid, n - 1)].astype(jnp.float32), mode="drop")
+    return indices.reshape(s_len, width), values.reshape(s_len, width), num_dropped
+
+
 def _ell_one_cell(senders_E, receivers_E, weights_E, edge_mask_E, token_mask_S, width):
-    """ELL of one cell (vmapped by `build_ell_laplacian`)."""
+    """ELL of one cell from its edge list (vmapped by `build_ell_laplacian`)."""
     s_len = token_mask_S.shape[0]
     pos_S = jnp.arange(s_len, dtype=jnp.int32)
     node_mask_S = token_mask_S & (pos_S > 0)
@@ -78,44 +112,60 @@ def _ell_one_cell(senders_E, receivers_E, weights_E, edge_mask_E, token_mask_S, 
     good_weight = jnp.isfinite(weights_E) & (weights_E >= 0)
     valid_E = edge_mask_E & in_range & real_ends & good_weight
     num_invalid = jnp.sum(edge_mask_E & ~valid_E).astype(jnp.int32)
-    keep_E = valid_E & (snd != rcv)  # self-loops are removed, not invalid
+    keep_E = valid_E & (snd != rcv) & (weights_E > 0)  # self-loops removed; zero weights add nothing
+    w_E = jnp.where(keep_E, weights_E, 0.0).astype(jnp.float32)
 
-    # Both directions of every edge: A_sym = A + A^T.
-    rows_2E = jnp.concatenate([snd, rcv])
-    cols_2E = jnp.concatenate([rcv, snd])
-    w_2E = jnp.concatenate([weights_E, weights_E]).astype(jnp.float32)
-    keep_2E = jnp.concatenate([keep_E, keep_E])
-    n2 = rows_2E.shape[0]
-    sentinel = s_len * s_len
-    key_2E = jnp.where(keep_2E, rows_2E * s_len + cols_2E, sentinel)
-    order = jnp.argsort(key_2E)
-    key = key_2E[order]
-    w = jnp.where(keep_2E, w_2E, 0.0)[order]
-    live = key < sentinel
-    first = live & jnp.concatenate([jnp.ones((1,), bool), key[1:] != key[:-1]])
-    uid = jnp.cumsum(first.astype(jnp.int32)) - 1  # unique-entry id of each sorted slot
-    uid = jnp.where(live, uid, n2)  # dead slots to an overflow segment
-    w_u = jax.ops.segment_sum(w, uid, num_segments=n2 + 1)[:n2]
-    row = jnp.where(live, key // s_len, 0)
-    col = jnp.where(live, key % s_len, 0)
-
-    degree_S = jax.ops.segment_sum(jnp.where(live, w, 0.0), row, num_segments=s_len)
+    # A_sym = W + W^T: degrees count both directions of every edge.
+    degree_S = (jax.ops.segment_sum(w_E, snd, num_segments=s_len)
+                + jax.ops.segment_sum(w_E, rcv, num_segments=s_len))
     inv_sqrt_S = jnp.where(degree_S > 0, jax.lax.rsqrt(jnp.where(degree_S > 0, degree_S, 1.0)), 0.0)
+    val_E = -w_E * inv_sqrt_S[snd] * inv_sqrt_S[rcv]
+    indices, values, num_dropped = _place(
+        jnp.concatenate([snd, rcv]), jnp.concatenate([rcv, snd]), jnp.concatenate([val_E, val_E]),
+        jnp.concatenate([keep_E, keep_E]), s_len, width)
+    return indices, values, node_mask_S, pos_S == 0, num_invalid, num_dropped
 
-    # Slot of each unique entry within its row: rank among the row's unique entries.
-    big = jnp.iinfo(jnp.int32).max
-    row_first_uid = jax.ops.segment_min(jnp.where(first, uid, big), row, num_segments=s_len)
-    slot = uid - row_first_uid[row]
-    placed = first & (slot < width)
-    num_dropped = jnp.sum(first & (slot >= width)).astype(jnp.int32)
 
-    val = -w_u[jnp.minimum(uid, n2 - 1)] * inv_sqrt_S[row] * inv_sqrt_S[col]
-    flat = jnp.where(placed, row * width + slot, s_len * width)  # out-of-bounds -> dropped by mode
-    indices = jnp.broadcast_to(pos_S[:, None], (s_len, width)).reshape(-1)
-    indices = indices.at[flat].set(col.astype(jnp.int32), mode="drop")
-    values = jnp.zeros((s_len * width,), jnp.float32).at[flat].set(val, mode="drop")
-    return (indices.reshape(s_len, width), values.reshape(s_len, width), node_mask_S,
-            num_invalid, num_dropped)
+def ell_from_laplacian(laplacian, node_mask_BxS, passthrough_mask_BxS, *, width: int) -> EllLaplacian:
+    """ELL of L~ = L - I from a batched BCOO Laplacian [B, S, S] (`grn_jax.graphs.normalized_laplacian`).
+
+    Diagonal entries are dropped (L has a unit diagonal, so L~ has none) and
+    duplicate entries add, as BCOO semantics say. `node_mask_BxS` marks graph
+    nodes (genes, CLS excluded); `passthrough_mask_BxS` the rows diffusion
+    returns unchanged (CLS). A safe static width is min(S - 1, number of stored
+    entries) rounded up; `num_dropped` reports entries that did not fit.
+    """
+    data_BxN, idx_BxNx2 = laplacian.data, laplacian.indices
+    if idx_BxNx2.ndim != 3 or idx_BxNx2.shape[-1] != 2 or data_BxN.ndim != 2:
+        raise ValueError(f"laplacian must be a BCOO [B, S, S] with one batch dimension, got data "
+                         f"{data_BxN.shape} / indices {idx_BxNx2.shape}")
+    b, s_len, _ = laplacian.shape
+    node_mask_BxS = jnp.asarray(node_mask_BxS, bool)
+    passthrough_mask_BxS = jnp.asarray(passthrough_mask_BxS, bool)
+    if node_mask_BxS.shape != (b, s_len) or passthrough_mask_BxS.shape != (b, s_len):
+        raise ValueError(f"node_mask/passthrough_mask must be [{b}, {s_len}], got {node_mask_BxS.shape}/"
+                         f"{passthrough_mask_BxS.shape}")
+
+    def one(data_N, idx_Nx2, graph_S):
+        rows, cols = idx_Nx2[:, 0].astype(jnp.int32), idx_Nx2[:, 1].astype(jnp.int32)
+        live = (rows != cols) & (data_N != 0)
+        on_graph = graph_S[jnp.clip(rows, 0, s_len - 1)] & graph_S[jnp.clip(cols, 0, s_len - 1)]
+        num_invalid = jnp.sum(live & ~on_graph).astype(jnp.int32)
+        ind, val, dropped = _place(rows, cols, data_N.astype(jnp.float32), live & on_graph, s_len, width)
+        return ind, val, num_invalid, dropped
+
+    graph_BxS = node_mask_BxS & ~passthrough_mask_BxS
+    ind, val, invalid, dropped = jax.vmap(one)(data_BxN, idx_BxNx2, graph_BxS)
+    ell = EllLaplacian(ind, val, graph_BxS, passthrough_mask_BxS, invalid, dropped)
+    if not isinstance(dropped, jax.core.Tracer):
+        check_ell(ell)
+    return ell
+
+
+def safe_width(seq_len: int, num_entries: int, *, multiple: int = 8) -> int:
+    """An ELL width that can never overflow: min(S - 1, entries), rounded up to `multiple`."""
+    need = max(1, min(seq_len - 1, num_entries))
+    return -(-need // multiple) * multiple
 
 
 def build_ell_laplacian(senders_BxE, receivers_BxE, weights_BxE, edge_mask_BxE, token_mask_BxS,
