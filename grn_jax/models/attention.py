@@ -1,0 +1,143 @@
+"""Attention: vanilla, graph-diffusion-kernel (GDKA, papers/gremln.txt §3.2) and cross-attention.
+
+`diffusion_attention` is THE entry point for the GDKA computation (query
+diffusion + masked softmax attention); the `impl` switch (xla | pallas) lives
+there and nowhere else. Keys are always masked by `key_mask` (padding never
+contributes), so a cell's outputs do not depend on its batch-mates; attention
+dropout is applied only when `deterministic=False`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from grn_jax import axes
+
+_DENSE_INIT = nn.initializers.lecun_normal()
+
+
+@struct.dataclass
+class DiffusionContext:
+    """What every GDKA layer of one forward pass shares (built once, not per layer).
+
+    `laplacian` is the batched BCOO [B, S, S] normalised Laplacian of the cells'
+    graphs; `node_mask_BxS` marks real tokens (CLS + genes), `passthrough_mask_BxS`
+    the positions left untouched by diffusion (CLS); graph nodes are
+    `node_mask & ~passthrough` (the `grn_jax.graphs.diffuse` convention). The Chebyshev plan is static
+    (a module attribute), not part of this pytree.
+    """
+
+    laplacian: Any
+    node_mask_BxS: jax.Array
+    passthrough_mask_BxS: jax.Array
+
+
+def attention_weights(q_BxSxHxK, k_BxTxHxK, key_mask_BxT, *, dropout_rng=None, dropout_rate: float = 0.0,
+                      deterministic: bool = True, dtype=jnp.float32):
+    """Softmax(q k^T / sqrt(K)) over unmasked keys -> [B, H, S, T]; dropout only in training.
+
+    Masked keys get the most negative finite logit, so their weight is exactly 0
+    whenever any key of the row is real (the CLS key always is).
+    """
+    mask_Bx1x1xT = key_mask_BxT[:, None, None, :]
+    return nn.dot_product_attention_weights(
+        q_BxSxHxK, k_BxTxHxK, mask=mask_Bx1x1xT, broadcast_dropout=False, dropout_rng=dropout_rng,
+        dropout_rate=dropout_rate, deterministic=deterministic or dropout_rate == 0.0, dtype=dtype,
+        force_fp32_for_softmax=True)
+
+
+def dot_product_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, key_mask_BxT, *, dropout_rng=None,
+                          dropout_rate: float = 0.0, deterministic: bool = True, dtype=jnp.float32):
+    """Vanilla multi-head attention with a key-padding mask -> ([B, S, H, K], weights [B, H, S, T])."""
+    w_BxHxSxT = attention_weights(q_BxSxHxK, k_BxTxHxK, key_mask_BxT, dropout_rng=dropout_rng,
+                                  dropout_rate=dropout_rate, deterministic=deterministic, dtype=dtype)
+    out_BxSxHxK = jnp.einsum("bhst,bthk->bshk", w_BxHxSxT, v_BxTxHxK.astype(w_BxHxSxT.dtype))
+    return out_BxSxHxK, w_BxHxSxT
+
+
+def diffuse_queries(q_BxSxHxK, ctx: DiffusionContext, plan):
+    """exp(-beta L) applied to the queries of all heads in one pass, in float32; CLS untouched."""
+    from grn_jax.graphs.diffusion import diffuse  # noqa: PLC0415  (graphs -> models, one way)
+
+    b, s, h, k = q_BxSxHxK.shape
+    q_BxSxD = q_BxSxHxK.reshape(b, s, h * k).astype(jnp.float32)
+    out_BxSxD = diffuse(ctx.laplacian, q_BxSxD, plan, node_mask_BxS=ctx.node_mask_BxS,
+                        passthrough_mask_BxS=ctx.passthrough_mask_BxS)
+    return out_BxSxD.reshape(b, s, h, k).astype(q_BxSxHxK.dtype)
+
+
+def diffusion_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, ctx: DiffusionContext, plan, *,
+                        dropout_rng=None, dropout_rate: float = 0.0, deterministic: bool = True,
+                        dtype=jnp.float32, impl: str = "xla"):
+    """Graph Diffusion Kernel Attention: softmax(exp(-beta L) Q K^T / sqrt(K)) V.
+
+    Only queries are diffused (keys and values keep the tokens' own information).
+    Returns ([B, S, H, K], weights [B, H, S, S]). `impl` selects the backend;
+    "xla" is the reference composition of `diffuse_queries` and
+    `dot_product_attention`.
+    """
+    if impl != "xla":
+        raise ValueError(f"attention_impl={impl!r} is not available in this build; use 'xla' "
+                         f"(the Pallas kernel registers itself in grn_jax.models.attention.diffusion_attention)")
+    q_BxSxHxK = diffuse_queries(q_BxSxHxK, ctx, plan)
+    return dot_product_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, dropout_rng=dropout_rng,
+                                 dropout_rate=dropout_rate, deterministic=deterministic, dtype=dtype)
+
+
+def _proj(features, axis_names, name, dtype):
+    return nn.DenseGeneral(features, axis=-1, dtype=dtype, name=name,
+                           kernel_init=nn.with_logical_partitioning(_DENSE_INIT, axis_names))
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention; `kind` = vanilla | diffusion | cross.
+
+    Self-attention (vanilla/diffusion) reads keys/values from `x`; cross-attention
+    reads them from `context_BxTxD`. The attention weights are sown into the
+    'intermediates' collection as `weights` (only materialised when the caller
+    asks for that collection), for read-outs such as GRNFormer's phi_j.
+    """
+
+    n_heads: int
+    kind: str = "vanilla"
+    plan: Any = None  # ChebyshevPlan, static; required for kind="diffusion"
+    dropout_rate: float = 0.0
+    impl: str = "xla"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxSxD, key_mask_BxT, *, context_BxTxD=None, ctx: Optional[DiffusionContext] = None,
+                 deterministic: bool = True):
+        d = x_BxSxD.shape[-1]
+        head_dim = d // self.n_heads
+        hk = (self.n_heads, head_dim)
+        names = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
+        kv_src = x_BxSxD if context_BxTxD is None else context_BxTxD
+        q = _proj(hk, names, "query", self.dtype)(x_BxSxD)
+        k = _proj(hk, names, "key", self.dtype)(kv_src)
+        v = _proj(hk, names, "value", self.dtype)(kv_src)
+        act_names = (axes.BATCH, axes.GENES, axes.HEADS, axes.HEAD_DIM)
+        q, k, v = (nn.with_logical_constraint(t, act_names) for t in (q, k, v))
+        use_dropout = not deterministic and self.dropout_rate > 0.0
+        rng = self.make_rng("dropout") if use_dropout else None
+        common = dict(dropout_rng=rng, dropout_rate=self.dropout_rate, deterministic=not use_dropout,
+                      dtype=self.dtype)
+        if self.kind == "diffusion":
+            if ctx is None or self.plan is None:
+                raise ValueError("MultiHeadAttention(kind='diffusion') needs a DiffusionContext and a plan")
+            out, weights = diffusion_attention(q, k, v, key_mask_BxT, ctx, self.plan, impl=self.impl, **common)
+        elif self.kind in ("vanilla", "cross"):
+            out, weights = dot_product_attention(q, k, v, key_mask_BxT, **common)
+        else:
+            raise ValueError(f"MultiHeadAttention.kind must be vanilla | diffusion | cross, got {self.kind!r}")
+        self.sow("intermediates", "weights", weights)
+        out = nn.with_logical_constraint(out.astype(self.dtype), act_names)
+        y = nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name="out",
+                            kernel_init=nn.with_logical_partitioning(_DENSE_INIT, (axes.HEADS, axes.HEAD_DIM,
+                                                                                   axes.EMBED)))(out)
+        return nn.with_logical_constraint(y, (axes.BATCH, axes.GENES, axes.EMBED))

@@ -1,0 +1,110 @@
+"""The GREmLN model (papers/gremln.txt §3): embeddings -> GDKA/vanilla encoder -> masked-bin head.
+
+`GREmLN(config)(batch, deterministic=...)` always returns a `ModelOutput`,
+whatever the config (attention kinds, norm placement, GRNFormer adapter).
+The Laplacian is built once per forward from `batch.graph` and the Chebyshev
+plan once per (beta, tol) at trace time; every diffusion layer shares both.
+
+RNG streams (pass via `rngs=` to `apply`): 'dropout' (dropout, attention
+dropout), and for the GRNFormer adapter 'sample' (GraphSAGE neighbour
+sampling) and 'perturb' (co-expression edge perturbation); none is needed
+when `deterministic=True`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from grn_jax import axes
+from grn_jax.models.adapter import StructureAdapter
+from grn_jax.models.attention import DiffusionContext
+from grn_jax.models.blocks import Encoder, layer_norm
+from grn_jax.models.config import ModelConfig
+from grn_jax.models.embeddings import TokenEmbed
+from grn_jax.models.heads import MaskedBinHead
+from grn_jax.types import TokenBatch
+
+
+@struct.dataclass
+class ModelOutput:
+    """What every model returns.
+
+    bin_logits  float32 [B, S, n_bins]  masked-bin prediction logits
+    hidden      [B, S, D]               final hidden states (zero at padding)
+    cls_embedding   [B, D]              hidden state of the CLS token
+    mean_embedding  [B, D]              mean of hidden over the cell's real gene tokens
+    """
+
+    bin_logits: jax.Array
+    hidden: jax.Array
+    cls_embedding: jax.Array
+    mean_embedding: jax.Array
+
+
+def compute_dtype(cfg: ModelConfig):
+    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+def gene_token_mask(token_mask_BxS) -> jax.Array:
+    """Real gene tokens: `token_mask` without the CLS at position 0."""
+    s = token_mask_BxS.shape[1]
+    return token_mask_BxS & (jnp.arange(s) > 0)[None, :]
+
+
+def heat_plan(cfg: ModelConfig):
+    """The static Chebyshev plan of exp(-beta L) for this config (cached per (beta, tol))."""
+    from grn_jax.graphs.chebyshev import heat_kernel_plan  # noqa: PLC0415
+
+    return heat_kernel_plan(float(cfg.diffusion_beta), float(cfg.diffusion_tol))
+
+
+def diffusion_context(batch: TokenBatch) -> DiffusionContext:
+    """Laplacian of `batch.graph` + node/passthrough masks: built once per forward, shared by all layers."""
+    from grn_jax.graphs.laplacian import normalized_laplacian  # noqa: PLC0415
+
+    s = batch.gene_ids.shape[1]
+    lap = normalized_laplacian(batch.graph, num_nodes=s)
+    cls_BxS = jnp.broadcast_to((jnp.arange(s) == 0)[None, :], batch.token_mask.shape) & batch.token_mask
+    return DiffusionContext(laplacian=lap, node_mask_BxS=batch.token_mask.astype(bool),
+                            passthrough_mask_BxS=cls_BxS)
+
+
+class GREmLN(nn.Module):
+    """GRN-aware transformer; with `config.adapter` set, its last layer is the GRNFormer adapter."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, batch: TokenBatch, *, deterministic: bool = True) -> ModelOutput:
+        cfg = self.config
+        dtype = compute_dtype(cfg)
+        token_mask_BxS = batch.token_mask.astype(bool)
+        gene_mask_BxS = gene_token_mask(token_mask_BxS)
+
+        x_BxSxD, gene_emb_BxSxH = TokenEmbed(cfg.gene_vocab_size, cfg.bin_spec.vocab_size, cfg.d_model,
+                                             dtype, name="embed")(batch.gene_ids, batch.bins)
+        x_BxSxD = nn.Dropout(cfg.dropout_rate)(x_BxSxD, deterministic=deterministic)
+
+        ctx, plan = None, None
+        if cfg.uses_diffusion:
+            ctx, plan = diffusion_context(batch), heat_plan(cfg)
+        if cfg.backbone_kinds:
+            x_BxSxD = Encoder(cfg, cfg.backbone_kinds, plan, dtype, deterministic, name="encoder")(
+                x_BxSxD, token_mask_BxS, ctx)
+        if cfg.adapter is not None:
+            x_BxSxD = StructureAdapter(cfg, dtype, deterministic, name="adapter")(
+                x_BxSxD, gene_emb_BxSxH, batch)
+        if cfg.norm == "pre":
+            x_BxSxD = layer_norm(cfg, "ln_final", dtype)(x_BxSxD)
+
+        hidden_BxSxD = jnp.where(token_mask_BxS[..., None], x_BxSxD, 0).astype(dtype)
+        hidden_BxSxD = nn.with_logical_constraint(hidden_BxSxD, (axes.BATCH, axes.GENES, axes.EMBED))
+        logits_BxSxC = MaskedBinHead(cfg.n_bins, dtype, name="bin_head")(hidden_BxSxD)
+        count_Bx1 = jnp.maximum(gene_mask_BxS.sum(axis=1, keepdims=True), 1).astype(jnp.float32)
+        mean_BxD = (jnp.where(gene_mask_BxS[..., None], hidden_BxSxD.astype(jnp.float32), 0).sum(axis=1)
+                    / count_Bx1)
+        return ModelOutput(bin_logits=logits_BxSxC, hidden=hidden_BxSxD, cls_embedding=hidden_BxSxD[:, 0],
+                           mean_embedding=mean_BxD.astype(dtype))

@@ -1,0 +1,58 @@
+"""Output heads: the masked-bin decoder and a cell classification head.
+
+Heads map hidden states to logits; the losses that consume them live in
+`grn_jax.train` (models/ holds no objective).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from grn_jax import axes
+from grn_jax.models.blocks import dense
+
+
+class MaskedBinHead(nn.Module):
+    """Linear decoder over expression bins, dec(H_i) = W H_i + b (papers/gremln.txt §3.3).
+
+    Predicts `n_bins` classes (bin 0 = not expressed .. n_bins-1); MASK/PAD/CLS
+    bin ids are inputs only, never targets. Logits are float32.
+    """
+
+    n_bins: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_BxSxD):
+        logits = dense(self.n_bins, (axes.EMBED, axes.CLASSES), "decoder", self.dtype)(hidden_BxSxD)
+        return nn.with_logical_constraint(logits.astype(jnp.float32), (axes.BATCH, axes.GENES, axes.CLASSES))
+
+
+class ClassificationHead(nn.Module):
+    """Cell-level classifier on a [B, D] embedding (CLS or mean-pooled): linear, or a one-hidden-layer MLP.
+
+    Used by downstream tasks (cell-type annotation, perturbation labels); kept
+    minimal on purpose so scores reflect the embedding, not the head
+    (papers/gremln.txt §4).
+    """
+
+    n_classes: int
+    hidden_dim: Optional[int] = None
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, emb_BxD, *, deterministic: bool = True):
+        if self.n_classes < 2:
+            raise ValueError(f"ClassificationHead.n_classes must be >= 2, got {self.n_classes}")
+        h = emb_BxD
+        if self.hidden_dim is not None:
+            h = nn.gelu(dense(self.hidden_dim, (axes.EMBED, axes.MLP), "hidden", self.dtype)(h), approximate=False)
+            h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+            names = (axes.MLP, axes.CLASSES)
+        else:
+            names = (axes.EMBED, axes.CLASSES)
+        return dense(self.n_classes, names, "logits", self.dtype)(h).astype(jnp.float32)
