@@ -23,8 +23,27 @@ def _add_version(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_model(sub) -> None:
+    p = sub.add_parser("model", help="model utilities")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    q = msub.add_parser("summary", help="print a model preset's parameter count per module")
+    q.add_argument("--preset", default="gremln_base", help="model preset name (default: gremln_base)")
+    q.add_argument("--gene-vocab-size", type=int, default=None,
+                   help="gene vocabulary size incl. the 3 special tokens (default: the preset's)")
+
+    def run(args) -> int:
+        from grn_jax.models import model_summary, preset
+
+        overrides = {} if args.gene_vocab_size is None else {"gene_vocab_size": args.gene_vocab_size}
+        print(model_summary(preset(args.preset, **overrides)).to_text(args.preset))
+        return 0
+
+    q.set_defaults(func=run)
+
+
 _REGISTRARS: list[Callable] = [
     _add_version,
+    _add_model,
 ]
 
 

@@ -13,7 +13,8 @@ pre-LN backbone `h_expr` is the un-normalised residual stream, so the queries
 see `LayerNorm(h_expr)`; with post-LN it is already normalised and used as is.
 
 In training (`deterministic=False`) with `adapter.perturb_alpha > 0`, both
-graphs get co-expression edge perturbation from `grn_jax.graphs.coexpression`
+graphs get edge perturbation from `grn_jax.graphs.coexpression` (co-expression
+pairs, or uniformly random pairs for the ablation: `adapter.perturb_mode`)
 (rng stream 'perturb'), and GraphSAGE draws fresh neighbour samples (rng
 stream 'sample'). At inference the sample is a fixed function of the cell's
 genes and graph (`adapter.inference_sample_seed`).
@@ -35,11 +36,21 @@ from grn_jax.models.gnn import GNNEncoder
 from grn_jax.types import GraphBatch, TokenBatch
 
 
-def perturb_graph(key, graph: GraphBatch, batch: TokenBatch, alpha: float) -> GraphBatch:
-    """Co-expression edge perturbation of one graph scale (training-time augmentation)."""
+def perturb_graph(key, graph: GraphBatch, batch: TokenBatch, cfg: ModelConfig) -> GraphBatch:
+    """Edge perturbation of one graph scale (training-time augmentation, Algorithm 1 lines 3-8).
+
+    Expressed genes are read from the *visible* bins (1..n_bins-1; MASK does not
+    count), as Algorithm 1 builds G_co from the masked input x: reading the true
+    bins of masked positions would leak the MLM targets into the graph.
+    """
     from grn_jax.graphs.coexpression import perturb_edges  # noqa: PLC0415
 
-    return perturb_edges(key, graph, batch, alpha=alpha)
+    bins_BxS = jnp.asarray(batch.bins)
+    s = bins_BxS.shape[1]
+    expressed_BxS = (jnp.asarray(batch.token_mask, bool) & (jnp.arange(s) >= 1)[None, :]
+                     & (bins_BxS >= 1) & (bins_BxS < cfg.n_bins))
+    return perturb_edges(key, graph, jnp.asarray(batch.token_mask, bool), expressed_BxS,
+                         alpha=cfg.adapter.perturb_alpha, mode=cfg.adapter.perturb_mode)
 
 
 class StructureAdapter(nn.Module):
@@ -58,7 +69,7 @@ class StructureAdapter(nn.Module):
         graphs = [g for g in (batch.graph, batch.cell_graph) if g is not None]
         if not self.deterministic and ad.perturb_alpha > 0:
             keys = jax.random.split(self.make_rng("perturb"), len(graphs))
-            graphs = [perturb_graph(k, g, batch, ad.perturb_alpha) for k, g in zip(keys, graphs)]
+            graphs = [perturb_graph(k, g, batch, cfg) for k, g in zip(keys, graphs)]
 
         encoder = GNNEncoder(ad.gnn, cfg.d_model, ad.gnn_layers, ad.aggregator, ad.fanout, self.dtype,
                              name="gnn")

@@ -20,6 +20,7 @@ ATTENTION_IMPLS = ("xla", "pallas")
 DTYPES = ("float32", "bfloat16")
 GNN_KINDS = ("sage", "gcn", "gin")
 AGGREGATORS = ("mean", "max")
+PERTURB_MODES = ("coexpression", "random")
 
 
 def _check_choice(owner: str, name: str, value, choices) -> None:
@@ -57,6 +58,7 @@ class AdapterConfig:
     # Co-expression edge perturbation (Algorithm 1 lines 3-12): the fraction of
     # edges replaced by co-expression pairs in training; 0 turns it off.
     perturb_alpha: float = 0.2
+    perturb_mode: str = "coexpression"  # coexpression | random (the paper's random-edge ablation)
     # Seed of the edge-identity hash that picks neighbours when no 'sample' rng
     # is given (inference): the same cell always gets the same neighbours.
     inference_sample_seed: int = 0
@@ -69,6 +71,7 @@ class AdapterConfig:
         _check_positive(o, "fanout", self.fanout)
         _check_positive(o, "fusion_heads", self.fusion_heads)
         _check_rate(o, "perturb_alpha", self.perturb_alpha)
+        _check_choice(o, "perturb_mode", self.perturb_mode, PERTURB_MODES)
         if not 0 <= self.inference_sample_seed < 2**32:
             raise ValueError(f"{o}.inference_sample_seed must be a uint32, got {self.inference_sample_seed}")
 
