@@ -1,0 +1,338 @@
+"""ARACNe-style network inference for one group of cells.
+
+Pipeline (Margolin et al. 2006; ARACNe-AP, Lachmann et al. 2016; GREmLN A.1):
+
+1. MI between every regulator and every gene (`mutual_info`), on ranks.
+2. An MI threshold from a permutation null: MI of random (regulator, gene)
+   pairs with the regulator's cells shuffled; the null's upper tail is fitted
+   log-linearly (as ARACNe-AP does) so p-values far below 1/n_null extrapolate.
+3. The data processing inequality: in every regulator triangle
+   (r, r2, g) whose three edges passed the threshold, the weakest edge is
+   removed -- edge (r, g) goes if MI(r, g) < min(MI(r, r2), MI(r2, g)).
+   Computed as a (max, min) matrix product in JAX, blocked over regulators.
+4. Bootstraps (cells resampled with replacement) -- or any list of
+   subnetworks, e.g. one per cluster -- consolidated by edge recurrence
+   under a binomial null (p0 = mean edge density), Benjamini-Hochberg at
+   `fdr` (5 %) over every candidate pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from grn_jax.graphs import mutual_info as mi_lib
+from grn_jax.types import GeneNetwork
+
+ESTIMATORS = ("gaussian", "adaptive")
+
+
+@dataclasses.dataclass(frozen=True)
+class AracneConfig:
+    """Parameters of one ARACNe run; all of them are written into every network's params."""
+
+    estimator: str = "gaussian"  # "gaussian" (copula, fast) or "adaptive" (ARACNe-AP partitioning)
+    mi_pvalue: float = 1e-4  # per-edge MI significance against the permutation null
+    n_bootstraps: int = 20  # 0 or 1 = one run on the cells as given
+    fdr: float = 0.05  # consensus: Benjamini-Hochberg level over candidate pairs
+    dpi: bool = True
+    dpi_tolerance: float = 0.0  # remove (r,g) if MI(r,g) < (1 - tol) * min(MI(r,r2), MI(r2,g))
+    n_null_pairs: int = 20_000
+    null_tail_fraction: float = 0.05
+    max_cells: Optional[int] = None  # subsample each run to this many cells (GREmLN: ~500 suffice)
+    seed: int = 0
+    block: int = 512  # gene block of the copula MI matmul
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"AracneConfig.estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if not 0.0 < self.mi_pvalue < 1.0:
+            raise ValueError(f"AracneConfig.mi_pvalue must be in (0, 1), got {self.mi_pvalue}")
+        if not 0.0 < self.fdr < 1.0:
+            raise ValueError(f"AracneConfig.fdr must be in (0, 1), got {self.fdr}")
+        if self.n_bootstraps < 0:
+            raise ValueError(f"AracneConfig.n_bootstraps must be >= 0, got {self.n_bootstraps}")
+        if not 0.0 <= self.dpi_tolerance < 1.0:
+            raise ValueError(f"AracneConfig.dpi_tolerance must be in [0, 1), got {self.dpi_tolerance}")
+        if self.n_null_pairs < 100:
+            raise ValueError(f"AracneConfig.n_null_pairs must be >= 100 for a tail fit, got {self.n_null_pairs}")
+        if not 0.0 < self.null_tail_fraction <= 0.5:
+            raise ValueError(f"AracneConfig.null_tail_fraction must be in (0, 0.5], got {self.null_tail_fraction}")
+        if self.max_cells is not None and self.max_cells < 8:
+            raise ValueError(f"AracneConfig.max_cells must be >= 8 or None, got {self.max_cells}")
+
+    def to_params(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("progress")
+        return d
+
+
+# ----------------------------------------------------------------------------- MI
+
+
+def _mi_matrix(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig, rng: np.random.Generator) -> np.ndarray:
+    """MI [R, G] with the configured estimator; self pairs set to 0.
+
+    A bootstrap resample can leave a rare gene constant; its MI is 0 in that
+    run (no edge), which the consensus then counts as an absence.
+    """
+    const_G = mi_lib.constant_columns(x_NxG)
+    if cfg.estimator == "gaussian":
+        z_NxG = mi_lib.copula_scores(x_NxG, allow_constant=True)
+        mi_RxG = mi_lib.gaussian_copula_mi(z_NxG[:, reg_idx], z_NxG, block=cfg.block).astype(np.float64)
+    else:
+        ranks_NxG = mi_lib.rank_transform(x_NxG, ties="random", rng=rng)
+        mi_RxG = mi_lib.adaptive_partition_mi_matrix(ranks_NxG, reg_idx)
+    mi_RxG[np.arange(reg_idx.size), reg_idx] = 0.0
+    mi_RxG[:, const_G] = 0.0
+    mi_RxG[const_G[reg_idx], :] = 0.0
+    return mi_RxG
+
+
+# ----------------------------------------------------------------------------- null
+
+
+@dataclasses.dataclass(frozen=True)
+class MINull:
+    """Permutation null of MI for one number of cells: empirical body, log-linear fitted tail."""
+
+    samples: np.ndarray  # sorted null MI values
+    tail_start: float  # MI where the fitted tail takes over
+    tail_fraction: float
+    intercept: float  # log P(MI > t) = intercept + slope * t  for t >= tail_start
+    slope: float
+
+    def pvalue(self, mi) -> np.ndarray:
+        mi = np.asarray(mi, np.float64)
+        k = self.samples.size
+        emp = (k - np.searchsorted(self.samples, mi, side="left") + 1.0) / (k + 1.0)
+        tail = np.exp(np.minimum(self.intercept + self.slope * mi, 0.0))
+        return np.where(mi >= self.tail_start, np.minimum(tail, self.tail_fraction), emp)
+
+    def threshold(self, pvalue: float) -> float:
+        """The MI whose null p-value is `pvalue`."""
+        if pvalue >= self.tail_fraction:
+            return float(np.quantile(self.samples, 1.0 - pvalue))
+        return float((np.log(pvalue) - self.intercept) / self.slope)
+
+
+def permutation_null(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig,
+                     rng: np.random.Generator) -> MINull:
+    """MI of `cfg.n_null_pairs` random (regulator, gene) pairs with the regulator's cells permuted."""
+    n, g = x_NxG.shape
+    k = cfg.n_null_pairs
+    r_k = reg_idx[rng.integers(0, reg_idx.size, k)]
+    g_k = rng.integers(0, g - 1, k)
+    g_k = g_k + (g_k >= r_k)  # never the regulator itself
+    null = np.empty(k, np.float64)
+    chunk = max(1, (1 << 22) // n)
+    if cfg.estimator == "gaussian":
+        z_NxG = mi_lib.copula_scores(x_NxG, allow_constant=True)
+        for s in range(0, k, chunk):
+            perm_KxN = rng.permuted(np.broadcast_to(np.arange(n), (min(chunk, k - s), n)), axis=1)
+            zr_KxN = z_NxG[perm_KxN, r_k[s:s + chunk, None]]
+            r = np.einsum("kn,nk->k", zr_KxN, z_NxG[:, g_k[s:s + chunk]], dtype=np.float64) / n
+            null[s:s + chunk] = mi_lib.gaussian_mi_closed_form(np.clip(r, -1 + 1e-12, 1 - 1e-12))
+    else:
+        ranks_NxG = mi_lib.rank_transform(x_NxG, ties="random", rng=rng)
+        for s in range(0, k, chunk):
+            perm_KxN = rng.permuted(np.broadcast_to(np.arange(n), (min(chunk, k - s), n)), axis=1)
+            xr_NxK = ranks_NxG[perm_KxN, r_k[s:s + chunk, None]].T
+            null[s:s + chunk] = mi_lib.adaptive_partition_mi(xr_NxK, ranks_NxG[:, g_k[s:s + chunk]])
+    return fit_null(null, cfg.null_tail_fraction)
+
+
+def fit_null(null_mi: np.ndarray, tail_fraction: float = 0.05) -> MINull:
+    """Least-squares fit of log survival vs MI over the top `tail_fraction` of the null."""
+    samples = np.sort(np.asarray(null_mi, np.float64))
+    k = samples.size
+    surv = (k - np.arange(k)) / k  # P(MI >= samples[i])
+    m = max(10, int(round(tail_fraction * k)))
+    tx, ty = samples[-m:], np.log(surv[-m:])
+    slope, intercept = np.polyfit(tx, ty, 1)
+    if not slope < 0:
+        raise ValueError(f"the permutation null's tail is not decreasing (slope {slope:.3g}); "
+                         f"too few cells or null pairs (n_null_pairs={k})")
+    return MINull(samples=samples, tail_start=float(tx[0]), tail_fraction=float(m / k),
+                  intercept=float(intercept), slope=float(slope))
+
+
+# ----------------------------------------------------------------------------- DPI
+
+
+@jax.jit
+def _dpi_witness(mi_RxG: jax.Array, reg_idx: jax.Array) -> jax.Array:
+    """witness[r, g] = max over regulators r2 of min(MI(r, r2), MI(r2, g))."""
+    mi_RxR = mi_RxG[:, reg_idx]
+
+    def row(a_R):
+        return jnp.max(jnp.minimum(a_R[:, None], mi_RxG), axis=0)
+
+    return jax.lax.map(row, mi_RxR, batch_size=8)
+
+
+def dpi_prune(mi_RxG: np.ndarray, reg_idx: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+    """Edges [R, G] surviving the data processing inequality.
+
+    `mi_RxG` holds MI of edges that passed the threshold and 0 elsewhere
+    (self pairs included). An edge is removed when some regulator r2 forms a
+    triangle with it in which it is the weakest edge (strictly, after the
+    tolerance). All removals are decided on the pre-DPI network (as ARACNe).
+    """
+    mi_RxG = np.asarray(mi_RxG, np.float32)
+    witness = np.asarray(_dpi_witness(jnp.asarray(mi_RxG), jnp.asarray(reg_idx, jnp.int32)))
+    return (mi_RxG > 0) & ~(mi_RxG < (1.0 - tolerance) * witness)
+
+
+# ----------------------------------------------------------------------------- consensus
+
+
+@dataclasses.dataclass(frozen=True)
+class Consensus:
+    """Edges kept by recurrence across runs (mask [R, G]), their binomial p-values and mean MI."""
+
+    keep_RxG: np.ndarray
+    pvalue_RxG: np.ndarray
+    mean_mi_RxG: np.ndarray
+    support_RxG: np.ndarray
+    p0: float
+
+
+def consensus(edges_BxRxG: np.ndarray, mi_BxRxG: np.ndarray, candidates_RxG: np.ndarray, fdr: float = 0.05) -> Consensus:
+    """Consolidate B subnetworks by edge recurrence under a binomial null, BH at `fdr`.
+
+    Under the null every candidate pair appears in each run independently with
+    the mean edge density p0, so its count ~ Binomial(B, p0); p-values of all
+    candidate pairs (absent ones count, with p = 1) go through Benjamini-Hochberg.
+    """
+    edges_BxRxG = np.asarray(edges_BxRxG, bool) & candidates_RxG[None]
+    b = edges_BxRxG.shape[0]
+    m = int(candidates_RxG.sum())
+    support = edges_BxRxG.sum(axis=0)
+    p0 = float(support.sum()) / (b * m) if m else 0.0
+    if p0 <= 0.0:
+        raise ValueError("every subnetwork is empty: no edge passed the MI threshold in any run; "
+                         "lower mi_pvalue or use more cells")
+    pval = np.where(support > 0, stats.binom.sf(support - 1, b, p0), 1.0)
+    adj = np.ones_like(pval)
+    adj[candidates_RxG] = stats.false_discovery_control(pval[candidates_RxG], method="bh")
+    keep = candidates_RxG & (support > 0) & (adj <= fdr)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_mi = np.where(support > 0, (np.asarray(mi_BxRxG) * edges_BxRxG).sum(0) / np.maximum(support, 1), 0.0)
+    return Consensus(keep, pval, mean_mi, support, p0)
+
+
+# ----------------------------------------------------------------------------- one network
+
+
+def _single_run(x_NxG, reg_idx, threshold, cfg, rng):
+    mi_RxG = _mi_matrix(x_NxG, reg_idx, cfg, rng)
+    passed = mi_RxG >= threshold
+    kept = dpi_prune(np.where(passed, mi_RxG, 0.0), reg_idx, cfg.dpi_tolerance) if cfg.dpi else passed
+    return mi_RxG, passed, kept
+
+
+def resolve_regulators(genes: Sequence[str], regulators: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Indices of the regulators present in `genes` and the names that are missing; error if none are present."""
+    genes = [str(g) for g in genes]
+    pos = {g: i for i, g in enumerate(genes)}
+    regs = list(dict.fromkeys(str(r) for r in regulators))
+    if not regs:
+        raise ValueError("the regulator list is empty; pass transcription factors (e.g. grn_jax.resources.human_tfs())")
+    missing = [r for r in regs if r not in pos]
+    idx = np.array([pos[r] for r in regs if r in pos], np.int64)
+    if idx.size == 0:
+        raise ValueError(f"none of the {len(regs)} regulators is among the {len(genes)} genes of the data "
+                         f"(first regulators: {regs[:5]}, first genes: {genes[:5]}); check the gene naming "
+                         "(symbols vs Ensembl ids) or pass a regulator list matching var_names")
+    return idx, missing
+
+
+def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[str],
+                  config: AracneConfig = AracneConfig(), *, name: str = "") -> GeneNetwork:
+    """ARACNe network of one group of cells: threshold, DPI, bootstrap consensus.
+
+    `x_NxG` is expression (counts or normalised; only ranks matter) of N cells.
+    Genes must be non-constant and finite (ValueError names offenders).
+    Returns edges regulator -> target with the run-averaged MI and the
+    consensus p-value (the MI null p-value when there are no bootstraps);
+    `params` records the config, counts and the MI threshold.
+    """
+    t0 = time.perf_counter()
+    cfg = config
+    genes = [str(g) for g in genes]
+    x_NxG = np.asarray(x_NxG)
+    if x_NxG.ndim != 2 or x_NxG.shape[1] != len(genes):
+        raise ValueError(f"expression has shape {x_NxG.shape} but {len(genes)} gene names were given")
+    if len(set(genes)) != len(genes):
+        dup = [g for g in dict.fromkeys(genes) if genes.count(g) > 1][:5]
+        raise ValueError(f"gene names must be unique; duplicated: {dup}")
+    mi_lib.check_expression(x_NxG, genes)
+    n = x_NxG.shape[0]
+    if n < 8:
+        raise ValueError(f"{name or 'group'}: {n} cells; ARACNe needs at least 8 (use more cells or a fallback)")
+    mi_lib._check_not_constant(x_NxG, genes, f"{name or 'infer_network'}")
+    reg_idx, missing = resolve_regulators(genes, regulators)
+    rng = np.random.default_rng(cfg.seed)
+    n_run = min(n, cfg.max_cells) if cfg.max_cells else n
+
+    def sample(bootstrap: bool):
+        if bootstrap:
+            return x_NxG[rng.integers(0, n, n_run)]
+        return x_NxG[rng.choice(n, n_run, replace=False)] if n_run < n else x_NxG
+
+    null_x = sample(False)
+    null = permutation_null(null_x, reg_idx, cfg, rng)
+    threshold = null.threshold(cfg.mi_pvalue)
+    candidates = np.ones((reg_idx.size, len(genes)), bool)
+    candidates[np.arange(reg_idx.size), reg_idx] = False
+
+    runs = max(1, cfg.n_bootstraps)
+    kept_B, mi_B, n_passed, n_kept = [], [], [], []
+    it = range(runs)
+    if cfg.progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc=f"ARACNe {name}".strip(), unit="run")
+    for _ in it:
+        xb = sample(cfg.n_bootstraps > 1) if runs > 1 else null_x
+        mi_RxG, passed, kept = _single_run(xb, reg_idx, threshold, cfg, rng)
+        kept_B.append(kept & candidates)
+        mi_B.append(mi_RxG)
+        n_passed.append(int((passed & candidates).sum()))
+        n_kept.append(int((kept & candidates).sum()))
+
+    if runs > 1:
+        cons = consensus(np.stack(kept_B), np.stack(mi_B), candidates, cfg.fdr)
+        keep, pval, mi_val = cons.keep_RxG, cons.pvalue_RxG, cons.mean_mi_RxG
+        extra = {"consensus_p0": cons.p0, "consensus_method": "binomial recurrence, Benjamini-Hochberg"}
+    else:
+        keep, mi_val = kept_B[0], mi_B[0]
+        pval = null.pvalue(mi_val)
+        extra = {}
+    if not keep.any():
+        raise ValueError(
+            f"{name or 'group'}: the network is empty ({n} cells, {reg_idx.size} regulators, {len(genes)} genes, "
+            f"MI threshold {threshold:.4g} at p={cfg.mi_pvalue}, edges passing per run {n_passed}). "
+            "Use more cells, a larger mi_pvalue or more genes")
+    r_i, g_i = np.nonzero(keep)
+    order = np.lexsort((-mi_val[r_i, g_i], r_i))
+    r_i, g_i = r_i[order], g_i[order]
+    gene_arr = np.asarray(genes, dtype=object)
+    params = {
+        "method": "aracne", **cfg.to_params(), **extra,
+        "name": name, "n_cells": int(n), "n_cells_per_run": int(n_run), "n_genes": len(genes),
+        "n_regulators": int(reg_idx.size), "n_regulators_missing": len(missing),
+        "regulators_missing_first": missing[:20], "mi_threshold": float(threshold),
+        "edges_passing_threshold_per_run": n_passed, "edges_after_dpi_per_run": n_kept,
+        "n_edges": int(r_i.size), "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return GeneNetwork(regulator=gene_arr[reg_idx[r_i]], target=gene_arr[g_i],
+                       mi=mi_val[r_i, g_i].astype(np.float64), pvalue=np.asarray(pval)[r_i, g_i].astype(np.float64),
+                       params=params)
