@@ -20,6 +20,8 @@ caller checks them with `check_ell`.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,6 +128,21 @@ def _ell_one_cell(senders_E, receivers_E, weights_E, edge_mask_E, token_mask_S, 
     return indices, values, node_mask_S, pos_S == 0, num_invalid, num_dropped
 
 
+def _from_bcoo_one(data_N, idx_Nx2, graph_S, width):
+    s_len = graph_S.shape[0]
+    rows, cols = idx_Nx2[:, 0].astype(jnp.int32), idx_Nx2[:, 1].astype(jnp.int32)
+    live = (rows != cols) & (data_N != 0)
+    on_graph = graph_S[jnp.clip(rows, 0, s_len - 1)] & graph_S[jnp.clip(cols, 0, s_len - 1)]
+    num_invalid = jnp.sum(live & ~on_graph).astype(jnp.int32)
+    ind, val, dropped = _place(rows, cols, data_N.astype(jnp.float32), live & on_graph, s_len, width)
+    return ind, val, num_invalid, dropped
+
+
+@functools.partial(jax.jit, static_argnames=("width",))
+def _from_bcoo_batch(data_BxN, idx_BxNx2, graph_BxS, *, width):
+    return jax.vmap(_from_bcoo_one, in_axes=(0, 0, 0, None))(data_BxN, idx_BxNx2, graph_BxS, width)
+
+
 def ell_from_laplacian(laplacian, node_mask_BxS, passthrough_mask_BxS, *, width: int) -> EllLaplacian:
     """ELL of L~ = L - I from a batched BCOO Laplacian [B, S, S] (`grn_jax.graphs.normalized_laplacian`).
 
@@ -146,16 +163,8 @@ def ell_from_laplacian(laplacian, node_mask_BxS, passthrough_mask_BxS, *, width:
         raise ValueError(f"node_mask/passthrough_mask must be [{b}, {s_len}], got {node_mask_BxS.shape}/"
                          f"{passthrough_mask_BxS.shape}")
 
-    def one(data_N, idx_Nx2, graph_S):
-        rows, cols = idx_Nx2[:, 0].astype(jnp.int32), idx_Nx2[:, 1].astype(jnp.int32)
-        live = (rows != cols) & (data_N != 0)
-        on_graph = graph_S[jnp.clip(rows, 0, s_len - 1)] & graph_S[jnp.clip(cols, 0, s_len - 1)]
-        num_invalid = jnp.sum(live & ~on_graph).astype(jnp.int32)
-        ind, val, dropped = _place(rows, cols, data_N.astype(jnp.float32), live & on_graph, s_len, width)
-        return ind, val, num_invalid, dropped
-
     graph_BxS = node_mask_BxS & ~passthrough_mask_BxS
-    ind, val, invalid, dropped = jax.vmap(one)(data_BxN, idx_BxNx2, graph_BxS)
+    ind, val, invalid, dropped = _from_bcoo_batch(data_BxN, idx_BxNx2, graph_BxS, width=int(width))
     ell = EllLaplacian(ind, val, graph_BxS, passthrough_mask_BxS, invalid, dropped)
     if not isinstance(dropped, jax.core.Tracer):
         check_ell(ell)
@@ -166,6 +175,12 @@ def safe_width(seq_len: int, num_entries: int, *, multiple: int = 8) -> int:
     """An ELL width that can never overflow: min(S - 1, entries), rounded up to `multiple`."""
     need = max(1, min(seq_len - 1, num_entries))
     return -(-need // multiple) * multiple
+
+
+@functools.partial(jax.jit, static_argnames=("width",))
+def _build_batch(senders, receivers, weights, edge_mask, token_mask, *, width):
+    return jax.vmap(_ell_one_cell, in_axes=(0, 0, 0, 0, 0, None))(
+        senders, receivers, weights, edge_mask, token_mask, width)
 
 
 def build_ell_laplacian(senders_BxE, receivers_BxE, weights_BxE, edge_mask_BxE, token_mask_BxS,
@@ -186,10 +201,10 @@ def build_ell_laplacian(senders_BxE, receivers_BxE, weights_BxE, edge_mask_BxE, 
         raise ValueError(f"token_mask must have shape [B, S] with B = {b}, got {list(np.shape(token_mask_BxS))}")
     if not jnp.issubdtype(jnp.asarray(senders_BxE).dtype, jnp.integer):
         raise ValueError(f"senders/receivers must be integer token positions, got {jnp.asarray(senders_BxE).dtype}")
-    ell = EllLaplacian(*jax.vmap(_ell_one_cell, in_axes=(0, 0, 0, 0, 0, None))(
+    ell = EllLaplacian(*_build_batch(
         jnp.asarray(senders_BxE, jnp.int32), jnp.asarray(receivers_BxE, jnp.int32),
         jnp.asarray(weights_BxE, jnp.float32), jnp.asarray(edge_mask_BxE, bool),
-        jnp.asarray(token_mask_BxS, bool), int(width)))
+        jnp.asarray(token_mask_BxS, bool), width=int(width)))
     if not isinstance(ell.num_dropped, jax.core.Tracer):
         check_ell(ell)
     return ell
