@@ -1,0 +1,220 @@
+"""Tokenised shards on disk: memory-mappable .npy arrays per shard plus one manifest.
+
+Layout of a prepared folder:
+
+    manifest.json            format version, vocabulary, BinSpec, buckets, config, QC and
+                             filtering counts, per-shard cell counts, content hash
+    cells.csv                one row per kept cell: dataset row, cell name, cell type
+    shard_00000/*.npy        ragged arrays (CSR-style pointers) for up to cells_per_shard cells
+
+The content hash is a SHA-256 over the vocabulary, BinSpec, buckets and every
+shard array (name, dtype, shape, bytes), so two folders with the same hash hold
+the same tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from grn_jax.data.tokenize import TokenizedCells
+from grn_jax.data.vocab import GeneVocab
+from grn_jax.types import BinSpec
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_TOKEN_ARRAYS = ("cell_index", "token_ptr", "gene_ids", "bins", "values", "edge_ptr", "edge_src", "edge_dst",
+                 "edge_weight")
+_CELL_GRAPH_ARRAYS = ("cell_edge_ptr", "cell_edge_src", "cell_edge_dst", "cell_edge_weight")
+
+
+def _concat_ragged(parts: list[TokenizedCells], with_cell_graph: bool) -> dict[str, np.ndarray]:
+    def ptr_cat(ptrs):
+        out, base = [np.zeros(1, np.int64)], 0
+        for p in ptrs:
+            out.append(p[1:] + base)
+            base += int(p[-1])
+        return np.concatenate(out)
+
+    arrays = {
+        "cell_index": np.concatenate([p.cell_index for p in parts]).astype(np.int64),
+        "token_ptr": ptr_cat([p.token_ptr for p in parts]),
+        "gene_ids": np.concatenate([p.gene_ids for p in parts]).astype(np.int32),
+        "bins": np.concatenate([p.bins for p in parts]).astype(np.int16),
+        "values": np.concatenate([p.values for p in parts]).astype(np.float32),
+        "edge_ptr": ptr_cat([p.graph.ptr for p in parts]),
+        "edge_src": np.concatenate([p.graph.src for p in parts]).astype(np.int32),
+        "edge_dst": np.concatenate([p.graph.dst for p in parts]).astype(np.int32),
+        "edge_weight": np.concatenate([p.graph.weight for p in parts]).astype(np.float32),
+    }
+    if with_cell_graph:
+        arrays.update({
+            "cell_edge_ptr": ptr_cat([p.cell_graph.ptr for p in parts]),
+            "cell_edge_src": np.concatenate([p.cell_graph.src for p in parts]).astype(np.int32),
+            "cell_edge_dst": np.concatenate([p.cell_graph.dst for p in parts]).astype(np.int32),
+            "cell_edge_weight": np.concatenate([p.cell_graph.weight for p in parts]).astype(np.float32),
+        })
+    return arrays
+
+
+def _slice_cells(t: TokenizedCells, lo: int, hi: int) -> TokenizedCells:
+    from grn_jax.data.graph_source import CellEdges
+
+    def edges(e: Optional[CellEdges]):
+        if e is None:
+            return None
+        a, b = int(e.ptr[lo]), int(e.ptr[hi])
+        return CellEdges(e.ptr[lo:hi + 1] - a, e.src[a:b], e.dst[a:b], e.weight[a:b])
+
+    a, b = int(t.token_ptr[lo]), int(t.token_ptr[hi])
+    return TokenizedCells(t.cell_index[lo:hi], t.token_ptr[lo:hi + 1] - a, t.gene_ids[a:b], t.bins[a:b],
+                          t.values[a:b], edges(t.graph), edges(t.cell_graph))
+
+
+class ShardWriter:
+    """Accumulates tokenised blocks and writes a shard every `cells_per_shard` cells."""
+
+    def __init__(self, out_dir, cells_per_shard: int, with_cell_graph: bool = False, overwrite: bool = False):
+        self.out = Path(out_dir)
+        if self.out.exists() and any(self.out.iterdir()):
+            if not overwrite:
+                raise ValueError(f"output folder {str(self.out)!r} exists and is not empty; choose a new folder "
+                                 "or pass overwrite=True (--overwrite)")
+            if (self.out / MANIFEST).exists() or all(p.name.startswith("shard_") or p.name == "cells.csv"
+                                                     for p in self.out.iterdir()):
+                for p in sorted(self.out.glob("shard_*")):
+                    for f in p.iterdir():
+                        f.unlink()
+                    p.rmdir()
+                for name in (MANIFEST, "cells.csv"):
+                    if (self.out / name).exists():
+                        (self.out / name).unlink()
+            else:
+                raise ValueError(f"refusing to overwrite {str(self.out)!r}: it is not a prepared-shards folder")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cells_per_shard = cells_per_shard
+        self.with_cell_graph = with_cell_graph
+        self._buffer: list[TokenizedCells] = []
+        self._buffered = 0
+        self.shard_cells: list[int] = []
+        self.shard_tokens: list[int] = []
+
+    def add(self, cells: TokenizedCells) -> None:
+        lo = 0
+        while lo < cells.num_cells:
+            take = min(self.cells_per_shard - self._buffered, cells.num_cells - lo)
+            self._buffer.append(_slice_cells(cells, lo, lo + take))
+            self._buffered += take
+            lo += take
+            if self._buffered == self.cells_per_shard:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        arrays = _concat_ragged(self._buffer, self.with_cell_graph)
+        folder = self.out / f"shard_{len(self.shard_cells):05d}"
+        folder.mkdir()
+        for name, arr in arrays.items():
+            np.save(folder / f"{name}.npy", arr)
+        self.shard_cells.append(len(arrays["cell_index"]))
+        self.shard_tokens.append(int(arrays["token_ptr"][-1]))
+        self._buffer, self._buffered = [], 0
+
+    def finish(self, manifest: dict, cells: pd.DataFrame) -> dict:
+        """Write the last shard, cells.csv and the manifest (with content hash); return the manifest."""
+        self._flush()
+        cells.to_csv(self.out / "cells.csv", index=False)
+        manifest = dict(manifest)
+        manifest.update(format_version=FORMAT_VERSION, with_cell_graph=self.with_cell_graph,
+                        shards=[{"name": f"shard_{i:05d}", "cells": c, "tokens": t}
+                                for i, (c, t) in enumerate(zip(self.shard_cells, self.shard_tokens))])
+        manifest["content_hash"] = content_hash(self.out, manifest)
+        (self.out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        return manifest
+
+
+def content_hash(folder, manifest: dict) -> str:
+    """SHA-256 over vocabulary, bins, buckets and all shard arrays."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: manifest[k] for k in ("vocab", "bin_spec", "seq_buckets", "edge_buckets")},
+                        sort_keys=True).encode())
+    names = _TOKEN_ARRAYS + (_CELL_GRAPH_ARRAYS if manifest.get("with_cell_graph") else ())
+    for shard in manifest["shards"]:
+        for name in names:
+            arr = np.load(Path(folder) / shard["name"] / f"{name}.npy", mmap_mode="r")
+            h.update(f"{shard['name']}/{name}:{arr.dtype.str}:{arr.shape}".encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+class ShardStore:
+    """Read-only, memory-mapped access to a prepared folder, cell by cell.
+
+    `verify=True` recomputes the content hash and fails if the files changed.
+    """
+
+    def __init__(self, folder, verify: bool = False):
+        self.folder = Path(folder)
+        path = self.folder / MANIFEST
+        if not path.exists():
+            raise ValueError(f"{str(self.folder)!r} has no {MANIFEST}; create it with `grn-jax prepare`")
+        self.manifest = json.loads(path.read_text())
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{str(path)!r} has format_version {self.manifest.get('format_version')}, this "
+                             f"library reads {FORMAT_VERSION}; re-run `grn-jax prepare`")
+        if verify:
+            got = content_hash(self.folder, self.manifest)
+            if got != self.manifest["content_hash"]:
+                raise ValueError(f"content hash mismatch in {str(self.folder)!r}: manifest "
+                                 f"{self.manifest['content_hash'][:12]}..., files {got[:12]}...; the shards were "
+                                 "modified or truncated, re-run `grn-jax prepare`")
+        self.with_cell_graph = bool(self.manifest.get("with_cell_graph"))
+        names = _TOKEN_ARRAYS + (_CELL_GRAPH_ARRAYS if self.with_cell_graph else ())
+        self._shards = [{n: np.load(self.folder / s["name"] / f"{n}.npy", mmap_mode="r") for n in names}
+                        for s in self.manifest["shards"]]
+        self._starts = np.cumsum([0] + [s["cells"] for s in self.manifest["shards"]])
+        self.vocab = GeneVocab.from_dict(self.manifest["vocab"])
+        self.bin_spec = BinSpec(self.manifest["bin_spec"]["n_bins"])
+        self.seq_buckets = tuple(self.manifest["seq_buckets"])
+        self.edge_buckets = tuple(self.manifest["edge_buckets"])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, i: int) -> dict:
+        return self.cell(i)
+
+    def cell(self, i: int) -> dict:
+        """Ragged arrays of prepared cell `i` (0..len-1); `cell` is i, `dataset_row` its input row."""
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"cell {i} out of range [0, {len(self)})")
+        k = int(np.searchsorted(self._starts, i, side="right") - 1)
+        sh, j = self._shards[k], i - int(self._starts[k])
+        a, b = int(sh["token_ptr"][j]), int(sh["token_ptr"][j + 1])
+        ea, eb = int(sh["edge_ptr"][j]), int(sh["edge_ptr"][j + 1])
+        out = {
+            "cell": i,
+            "dataset_row": int(sh["cell_index"][j]),
+            "gene_ids": np.asarray(sh["gene_ids"][a:b]),
+            "bins": np.asarray(sh["bins"][a:b]),
+            "values": np.asarray(sh["values"][a:b]),
+            "edge_src": np.asarray(sh["edge_src"][ea:eb]),
+            "edge_dst": np.asarray(sh["edge_dst"][ea:eb]),
+            "edge_weight": np.asarray(sh["edge_weight"][ea:eb]),
+        }
+        if self.with_cell_graph:
+            ca, cb = int(sh["cell_edge_ptr"][j]), int(sh["cell_edge_ptr"][j + 1])
+            out.update(cell_edge_src=np.asarray(sh["cell_edge_src"][ca:cb]),
+                       cell_edge_dst=np.asarray(sh["cell_edge_dst"][ca:cb]),
+                       cell_edge_weight=np.asarray(sh["cell_edge_weight"][ca:cb]))
+        return out
+
+    def cells_table(self) -> pd.DataFrame:
+        return pd.read_csv(self.folder / "cells.csv", keep_default_na=False)
