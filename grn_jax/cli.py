@@ -41,9 +41,63 @@ def _add_model(sub) -> None:
     q.set_defaults(func=run)
 
 
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="tokenise an .h5ad into shards (+ manifest) for training")
+    p.add_argument("input", help="input .h5ad (counts in X, a layer, or raw)")
+    p.add_argument("--out", required=True, help="output folder for shards and manifest.json")
+    p.add_argument("--config", default=None, help="YAML data config (sections ingest/qc/tokenize/shards)")
+    p.add_argument("--vocab", default=None, help="existing vocabulary JSON (default: built from the data's genes)")
+    p.add_argument("--network", default=None, help="one GRN (.tsv/.parquet, ARACNe columns) for every cell")
+    p.add_argument("--networks-dir", default=None, help="per-cell-type GRNs folder written by `grn-jax grn infer`")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
+    o = p.add_argument_group("overrides of the config")
+    o.add_argument("--layer", dest="ingest.layer", default=None, help="layer holding counts")
+    o.add_argument("--use-raw", dest="ingest.use_raw", action="store_const", const=True, help="counts in .raw")
+    o.add_argument("--gene-column", dest="ingest.gene_column", default=None, help="var column of gene ids")
+    o.add_argument("--cell-type-column", dest="ingest.cell_type_column", default=None, help="obs column of types")
+    o.add_argument("--normalized-input", dest="ingest.normalized_input", action="store_const", const=True,
+                   help="values are already normalised: skip the integer check and UMI bounds")
+    o.add_argument("--backed", dest="ingest.backed", action="store_const", const=True, help="force backed mode")
+    o.add_argument("--min-counts", dest="qc.min_counts", type=float, default=None)
+    o.add_argument("--max-counts", dest="qc.max_counts", type=float, default=None)
+    o.add_argument("--keep-middle", dest="qc.keep_middle", type=float, default=None, help="e.g. 0.9")
+    o.add_argument("--min-genes", dest="qc.min_genes", type=int, default=None)
+    o.add_argument("--n-bins", dest="tokenize.n_bins", type=int, default=None)
+    o.add_argument("--max-genes", dest="tokenize.max_genes", type=int, default=None)
+    o.add_argument("--add-neighbours", dest="tokenize.add_neighbours", action="store_const", const=True)
+    o.add_argument("--cells-per-shard", dest="shards.cells_per_shard", type=int, default=None)
+
+    def run(args) -> int:
+        from grn_jax.data import format_summary, prepare_files
+
+        overrides = {k: v for k, v in vars(args).items() if "." in k}
+        summary = prepare_files(args.input, args.out, config_path=args.config, overrides=overrides,
+                                vocab_path=args.vocab, network=args.network, networks_dir=args.networks_dir,
+                                overwrite=args.overwrite)
+        print(format_summary(summary))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_quickstart(sub) -> None:
+    p = sub.add_parser("quickstart", help="run the main job end to end on the bundled PBMC data")
+    p.add_argument("--out", default="quickstart_out", help="output folder (default: quickstart_out)")
+
+    def run(args) -> int:
+        from grn_jax.data import quickstart
+
+        quickstart(args.out)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 _REGISTRARS: list[Callable] = [
     _add_version,
     _add_model,
+    _add_prepare,
+    _add_quickstart,
 ]
 
 

@@ -16,6 +16,7 @@ from grn_jax.data.loader import BatchIterator, cells_skipped_per_epoch, make_loa
 from grn_jax.data.masking import mask_bins, mask_key
 from grn_jax.data.normalize import normalize_log1p
 from grn_jax.data.pipeline import format_summary, prepare
+from grn_jax.data.prepare_files import load_config, prepare_files
 from grn_jax.data.qc import QCResult, qc_cells
 from grn_jax.data.quickstart import quickstart
 from grn_jax.data.shards import ShardStore, ShardWriter, content_hash
@@ -28,6 +29,6 @@ __all__ = [
     "GraphSource", "IngestConfig", "QCConfig", "QCResult", "ShardConfig", "ShardStore", "ShardWriter",
     "SingleNetworkSource", "TokenizeConfig", "TokenizedCells", "bucket_for", "cells_skipped_per_epoch",
     "check_block", "check_gene_names", "collate", "content_hash", "edge_buckets", "format_summary",
-    "make_loader", "mask_bins", "mask_key", "normalize_log1p", "open_counts", "prepare", "qc_cells",
+    "load_config", "make_loader", "mask_bins", "mask_key", "normalize_log1p", "open_counts", "prepare", "prepare_files", "qc_cells",
     "quickstart", "rank_bins", "row_value_order", "seq_buckets", "sorted_rank_bins", "tokenize_block",
 ]

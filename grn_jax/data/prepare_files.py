@@ -1,0 +1,71 @@
+"""`grn-jax prepare` as one library call: files in (h5ad, YAML config, vocabulary, networks), shards out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+
+from grn_jax.data.config import DataConfig
+from grn_jax.data.pipeline import prepare
+from grn_jax.data.vocab import GeneVocab
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> DataConfig:
+    """DataConfig from a YAML file (sections ingest/qc/tokenize/shards, or under a top-level `data:`),
+    with "section.field" overrides (None values are ignored)."""
+    raw: dict = {}
+    if path is not None:
+        if not Path(path).exists():
+            raise ValueError(f"config file {path!r} does not exist")
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if "data" in raw:
+            raw = raw["data"] or {}
+    raw = {k: dict(v or {}) for k, v in raw.items()}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, field = key.partition(".")
+        if not field:
+            raise ValueError(f"override {key!r} must look like section.field (e.g. qc.min_genes)")
+        raw.setdefault(section, {})[field] = value
+    return DataConfig.from_dict(raw)
+
+
+def _read_networks(network: Optional[str], networks_dir: Optional[str]):
+    if network and networks_dir:
+        raise ValueError("give either --network (one network for all cells) or --networks-dir (one per cell type)")
+    if not network and not networks_dir:
+        return None
+    from grn_jax.graphs.network_io import read_network
+
+    if network:
+        return read_network(network)
+    import pandas as pd
+
+    summary = Path(networks_dir) / "summary.tsv"
+    if not summary.exists():
+        raise ValueError(f"{networks_dir!r} has no summary.tsv (columns cell_type, file), as written by "
+                         "`grn-jax grn infer`")
+    table = pd.read_csv(summary, sep="\t", keep_default_na=False)
+    for col in ("cell_type", "file"):
+        if col not in table.columns:
+            raise ValueError(f"{str(summary)!r} lacks the column {col!r}")
+    return {str(r.cell_type): read_network(Path(networks_dir) / r.file) for r in table.itertuples() if r.file}
+
+
+def prepare_files(input_path: str, out_dir: str, *, config_path: Optional[str] = None,
+                  overrides: Optional[Mapping[str, Any]] = None, vocab_path: Optional[str] = None,
+                  network: Optional[str] = None, networks_dir: Optional[str] = None,
+                  overwrite: bool = False) -> dict:
+    """Prepare `input_path` (.h5ad) into shards under `out_dir`; returns the summary."""
+    cfg = load_config(config_path, overrides)
+    vocab = GeneVocab.load(vocab_path) if vocab_path else None
+    graph = _read_networks(network, networks_dir)
+    if isinstance(graph, dict) and cfg.ingest.cell_type_column is None:
+        raise ValueError("--networks-dir gives one network per cell type: also set --cell-type-column")
+    return prepare(input_path, out_dir, cfg, vocab=vocab, graph=graph, overwrite=overwrite)
+
+
+__all__ = ["load_config", "prepare_files"]
