@@ -100,8 +100,6 @@ class TrainConfig:
     async_checkpoint: bool = True
     tensorboard: bool = True
     progress: bool = True
-    # Test hook: raise SystemExit after this many steps of *this process* (None = off).
-    stop_after: Optional[int] = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_batches"):
@@ -121,8 +119,6 @@ class TrainConfig:
         _check(self.keep_last >= 1, "train.keep_last", f"must be >= 1, got {self.keep_last}")
         _check(self.keep_best >= 0, "train.keep_best", f"must be >= 0, got {self.keep_best}")
         _check(isinstance(self.seed, int) and self.seed >= 0, "train.seed", f"must be an integer >= 0, got {self.seed!r}")
-        _check(self.stop_after is None or self.stop_after >= 1, "train.stop_after",
-               f"must be >= 1 or null, got {self.stop_after}")
         _check(bool(self.run_dir), "train.run_dir", "must be a non-empty path")
 
     @property

@@ -31,7 +31,9 @@ EVAL_SEED_OFFSET = 1_000_003  # validation masks come from a key stream disjoint
 
 
 def _sums(apply_fn: ApplyFn, params, batch, rng, deterministic: bool):
-    logits = apply_fn(params, batch, deterministic=deterministic, rngs={"dropout": rng})
+    k_drop, k_sample, k_perturb = jax.random.split(rng, 3)
+    rngs = {"dropout": k_drop, "sample": k_sample, "perturb": k_perturb}
+    logits = apply_fn(params, batch, deterministic=deterministic, rngs=rngs)
     ce_sum, count = losses.masked_bin_cross_entropy(logits, batch.targets, batch.loss_mask)
     correct = losses.masked_bin_correct(logits, batch.targets, batch.loss_mask)
     return ce_sum, (count, correct)
@@ -83,7 +85,7 @@ def make_train_step(apply_fn: ApplyFn, mask_fn: MaskFn, tx: optax.GradientTransf
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom.astype(g.dtype), g_sum)
         loss = losses.safe_mean(ce_sum, count)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
