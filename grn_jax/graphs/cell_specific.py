@@ -1,0 +1,334 @@
+"""Cell-specific GRNs (GRNFormer §3.1): AUCell scores thresholded by a two-Gaussian mixture.
+
+For every cell type and regulon, a two-component Gaussian mixture is fitted to the
+regulon's AUC over the type's cells (a batched 1-D EM, vectorised over regulons;
+sklearn's GaussianMixture is the test oracle). The threshold is
+
+- "bimodal": both components carry >= `min_weight` of the cells and are separated
+  (Ashman's D = sqrt(2)|mu1 - mu2| / sqrt(s1^2 + s2^2) >= `min_separation`, 2 by
+  default -- the usual criterion for a clean two-mode split): the point between the
+  means where the weighted densities are equal, pi1 N(x|mu1,s1) = pi2 N(x|mu2,s2);
+- "skewed": otherwise, mu + 2 sigma of the dominant (heavier) component;
+- "constant": the AUC does not vary in the type; threshold = that value.
+
+A regulon is active in a cell when its AUC is strictly above the threshold, and the
+cell's GRN keeps the edges of its type's network whose regulator is active.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import scipy.sparse as sp
+
+from grn_jax.graphs.aucell import Regulons, aucell, regulons_from_network
+from grn_jax.types import GeneNetwork
+
+BIMODAL, SKEWED, CONSTANT = "bimodal", "skewed", "constant"
+POOLED = "__all__"
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoGaussians:
+    """Batched fit, components ordered by mean: arrays [R, 2] (weights, means, variances), converged [R]."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    variances: np.ndarray
+    converged: np.ndarray
+
+
+def fit_two_gaussians(x_NxR: np.ndarray, *, max_iter: int = 500, tol: float = 1e-7,
+                      reg_covar: float = 1e-6) -> TwoGaussians:
+    """Maximum-likelihood two-component 1-D Gaussian mixture of every column, by EM.
+
+    Initialised from a split at each column's median (component means = the two halves'
+    means). `reg_covar` is relative: reg_covar * var(column) is added to each variance
+    (sklearn adds an absolute reg_covar), so the fit is invariant to the AUC scale.
+    A column stops when its mean log-likelihood changes by less than `tol`; converged
+    columns drop out of the remaining iterations. Constant columns return two equal
+    components with zero variance.
+    """
+    x = np.asarray(x_NxR, np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"need a [N >= 2, R] matrix of values, got shape {x.shape}")
+    n, r = x.shape
+    col_var = x.var(axis=0)
+    const = col_var <= 1e-300
+    reg = reg_covar * np.where(const, 1.0, col_var)
+    med = np.median(x, axis=0)
+    low = x <= med
+    resp0 = np.where(low.all(axis=0) | (~low).all(axis=0), 0.5, low)  # responsibility of component 0
+    resp = np.stack([resp0, 1.0 - resp0], axis=-1)  # [N, R, 2]
+    w, mu, var = np.zeros((r, 2)), np.zeros((r, 2)), np.ones((r, 2))
+    prev = np.full(r, -np.inf)
+    converged = const.copy()
+    for _ in range(max_iter):  # EM iterations, vectorised over the unconverged columns and all cells
+        idx = np.flatnonzero(~converged)
+        if len(idx) == 0:
+            break
+        xs, rs = x[:, idx], resp[:, idx]
+        nk = rs.sum(axis=0) + 10 * np.finfo(np.float64).tiny  # [R', 2]
+        w[idx] = nk / n
+        mu[idx] = np.einsum("nrk,nr->rk", rs, xs) / nk
+        d2 = (xs[:, :, None] - mu[idx][None]) ** 2
+        var[idx] = np.einsum("nrk,nrk->rk", rs, d2) / nk + reg[idx, None]
+        logp = np.log(w[idx])[None] - 0.5 * np.log(2 * np.pi * var[idx])[None] - 0.5 * d2 / var[idx][None]
+        mx = logp.max(axis=-1, keepdims=True)
+        lse = mx[..., 0] + np.log(np.exp(logp - mx).sum(axis=-1))
+        resp[:, idx] = np.exp(logp - lse[..., None])
+        ll = lse.mean(axis=0)
+        converged[idx] = np.abs(ll - prev[idx]) < tol
+        prev[idx] = ll
+    order = np.argsort(mu, axis=1, kind="stable")
+    w, mu, var = (np.take_along_axis(a, order, axis=1) for a in (w, mu, var))
+    mu[const] = x[0, const][:, None]
+    var[const] = 0.0
+    w[const] = 0.5
+    return TwoGaussians(weights=w, means=mu, variances=var, converged=converged)
+
+
+def weighted_intersection(w: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """x in (mu1, mu2) with w1 N(x|mu1, var1) = w2 N(x|mu2, var2), NaN where none exists. Arrays [R, 2]."""
+    w1, w2, m1, m2 = w[:, 0], w[:, 1], mu[:, 0], mu[:, 1]
+    v1, v2 = var[:, 0], var[:, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = 0.5 / v2 - 0.5 / v1
+        b = m1 / v1 - m2 / v2
+        c = 0.5 * m2**2 / v2 - 0.5 * m1**2 / v1 + np.log(w1 / w2) + 0.5 * np.log(v2 / v1)
+        linear = -c / b
+        disc = b**2 - 4 * a * c
+        sq = np.sqrt(disc)
+        # numerically stable roots of a x^2 + b x + c
+        q = -0.5 * (b + np.copysign(sq, b))
+        r1, r2 = q / a, c / q
+        small_a = np.abs(a) <= 1e-12 * np.maximum(np.abs(0.5 / v1), np.abs(0.5 / v2))
+        inside = lambda t: np.isfinite(t) & (t > m1) & (t < m2)  # noqa: E731
+        quad = np.where(inside(r1), r1, np.where(inside(r2), r2, np.nan))
+        out = np.where(small_a, np.where(inside(linear), linear, np.nan), quad)
+    return out
+
+
+def gmm_thresholds(x_NxR: np.ndarray, *, min_weight: float = 0.05, min_separation: float = 2.0,
+                   **fit_kwargs) -> tuple[np.ndarray, np.ndarray, TwoGaussians]:
+    """Activity threshold and mode ("bimodal"/"skewed"/"constant") of every column; see module doc."""
+    fit = fit_two_gaussians(x_NxR, **fit_kwargs)
+    w, mu, var = fit.weights, fit.means, fit.variances
+    const = np.all(var == 0.0, axis=1)
+    sd = np.sqrt(var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ashman = np.sqrt(2.0) * np.abs(mu[:, 1] - mu[:, 0]) / np.sqrt(var.sum(axis=1))
+    cross = weighted_intersection(w, mu, var)
+    bimodal = ~const & (w.min(axis=1) >= min_weight) & (ashman >= min_separation) & np.isfinite(cross)
+    dom = np.argmax(w, axis=1)
+    rows = np.arange(len(dom))
+    skew_t = mu[rows, dom] + 2.0 * sd[rows, dom]
+    threshold = np.where(const, mu[:, 0], np.where(bimodal, cross, skew_t))
+    mode = np.where(const, CONSTANT, np.where(bimodal, BIMODAL, SKEWED))
+    return threshold, mode, fit
+
+
+@dataclasses.dataclass(frozen=True)
+class TypeGRN:
+    """One cell type's regulons, their thresholds, and which are active in each of its cells."""
+
+    regulons: Regulons
+    threshold_R: np.ndarray
+    mode_R: np.ndarray  # str
+    cells: np.ndarray  # int64 [C_t], dataset rows of the type's cells
+    auc_CxR: np.ndarray  # float64 [C_t, R]
+    active_CxR: np.ndarray  # bool [C_t, R]
+    fitted_on: str  # the type itself, or POOLED when the type had too few cells
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpecificGRNs:
+    """Per-type regulon activity for every cell of a dataset (rows in dataset order)."""
+
+    networks: Mapping[str, GeneNetwork]
+    types: Mapping[str, TypeGRN]
+    cell_types: np.ndarray  # str [N]
+    gene_names: np.ndarray  # str [G], the expression matrix's genes
+    report: dict
+
+    def active_regulons(self, cell: int) -> np.ndarray:
+        """Names of the regulons active in dataset row `cell`."""
+        t = self.types[str(self.cell_types[cell])]
+        i = int(np.searchsorted(t.cells, cell))
+        return t.regulons.names[t.active_CxR[i]]
+
+    def cell_network(self, cell: int) -> GeneNetwork:
+        """The cell's GRN over all genes: its type's edges whose regulator is active in it."""
+        ctype = str(self.cell_types[cell])
+        net = self.networks[ctype]
+        keep = np.isin(np.asarray(net.regulator).astype(str), self.active_regulons(cell))
+        return GeneNetwork(np.asarray(net.regulator)[keep], np.asarray(net.target)[keep],
+                           np.asarray(net.mi)[keep], np.asarray(net.pvalue)[keep],
+                           {**net.params, "cell_specific": {"cell": int(cell), "cell_type": ctype}})
+
+
+def fit_cell_specific_grns(
+    x_NxG, gene_names: Sequence[str], networks: Union[GeneNetwork, Mapping[str, GeneNetwork]],
+    cell_types: Optional[Sequence] = None, *, top_fraction: float = 0.05, min_regulon_size: int = 2,
+    min_cells: int = 20, min_weight: float = 0.05, min_separation: float = 2.0,
+) -> CellSpecificGRNs:
+    """AUCell + per-(type, regulon) GMM thresholds -> each cell's active regulons.
+
+    x_NxG: counts or normalised expression (dense or CSR), columns = `gene_names`.
+    networks: one network for every cell, or one per cell type (keys = type labels).
+    cell_types: label per row (None: one group). A type with fewer than `min_cells`
+    cells has its thresholds fitted on all cells pooled (counted in the report).
+    """
+    n = x_NxG.shape[0]
+    gene_names = np.asarray([str(g) for g in gene_names])
+    if x_NxG.shape[1] != len(gene_names):
+        raise ValueError(f"expression has {x_NxG.shape[1]} genes but {len(gene_names)} gene_names were given")
+    if n < 2:
+        raise ValueError(f"need at least 2 cells to fit activity thresholds, got {n}")
+    labels = np.full(n, POOLED) if cell_types is None else np.asarray(cell_types).astype(str)
+    if len(labels) != n:
+        raise ValueError(f"cell_types has {len(labels)} entries for {n} cells")
+    present = sorted(np.unique(labels).tolist())
+    if isinstance(networks, GeneNetwork):
+        networks = {t: networks for t in present}
+    missing = [t for t in present if t not in networks]
+    if missing:
+        raise ValueError(f"cell types {missing[:5]} have no network (networks given for {sorted(networks)[:5]}); "
+                         "pass one network per type present, or a single GeneNetwork for all cells")
+    x_csr = sp.csr_matrix(x_NxG) if sp.issparse(x_NxG) else np.asarray(x_NxG)
+    types, report = {}, {"n_cells": int(n), "types": {}, "pooled_fallback": []}
+    for t in present:  # loop over cell types; vectorised over cells and regulons within
+        cells = np.flatnonzero(labels == t)
+        regs = regulons_from_network(networks[t], gene_names, min_size=min_regulon_size)
+        auc = aucell(x_csr[cells], regs, top_fraction=top_fraction)
+        fitted_on = t
+        fit_x = auc
+        if len(cells) < min_cells:
+            fitted_on = POOLED
+            fit_x = aucell(x_csr, regs, top_fraction=top_fraction)
+            report["pooled_fallback"].append(t)
+        thr, mode, fit = gmm_thresholds(fit_x, min_weight=min_weight, min_separation=min_separation)
+        active = auc > thr[None, :]
+        types[t] = TypeGRN(regs, thr, mode, cells, auc, active, fitted_on)
+        report["types"][t] = {
+            "cells": int(len(cells)), "regulons": int(len(regs.names)), "regulon_report": regs.report,
+            "fitted_on": fitted_on, "bimodal": int((mode == BIMODAL).sum()), "skewed": int((mode == SKEWED).sum()),
+            "constant": int((mode == CONSTANT).sum()), "em_not_converged": int((~fit.converged).sum()),
+            "mean_active_regulons_per_cell": float(active.sum(axis=1).mean()) if len(cells) else 0.0,
+        }
+    report["params"] = dict(top_fraction=top_fraction, min_regulon_size=min_regulon_size, min_cells=min_cells,
+                            min_weight=min_weight, min_separation=min_separation)
+    return CellSpecificGRNs(networks=dict(networks), types=types, cell_types=labels, gene_names=gene_names,
+                            report=report)
+
+
+class CellSpecificNetworkSource:
+    """`GraphSource` (grn_jax.data.graph_source) of cell-specific GRNs, for `TokenBatch.cell_graph`.
+
+    Each dataset row gets the edges of its type's network whose regulator is active
+    in it (`fit_cell_specific_grns`), restricted to the genes it is queried with.
+    `gene_names` are the index space of the queries (the pipeline passes the
+    vocabulary tokens). Edges whose regulon was dropped (too small) are never active
+    and are counted in `report`.
+    """
+
+    def __init__(self, grns: CellSpecificGRNs, gene_names: Sequence[str]):
+        from grn_jax.data.graph_source import _gene_index, _index_network
+
+        index = _gene_index(gene_names)
+        self.num_genes = len(index)
+        self.grns = grns
+        self._names = np.asarray([str(g) for g in gene_names])
+        self._types = sorted(grns.types)
+        self._nets, self._reg_of_edge = [], []
+        self.report = {"networks": {}, "edges_without_regulon": {}}
+        for t in self._types:
+            net = _index_network(grns.networks[t], index, self.num_genes, t)
+            regs = grns.types[t].regulons.names
+            reg_names = self._names[net.src]
+            pos = np.searchsorted(regs, reg_names)
+            ok = (pos < len(regs)) & (regs[np.minimum(pos, len(regs) - 1)] == reg_names)
+            self._nets.append(net)
+            self._reg_of_edge.append(np.where(ok, pos, -1))
+            self.report["networks"][t] = net.report
+            self.report["edges_without_regulon"][t] = int((~ok).sum())
+        n = len(grns.cell_types)
+        self._type_code = np.searchsorted(self._types, grns.cell_types)
+        self._row_in_type = np.zeros(n, np.int64)
+        for t in self._types:
+            self._row_in_type[grns.types[t].cells] = np.arange(len(grns.types[t].cells))
+
+    def _active_edges(self, code: int, cells: np.ndarray) -> np.ndarray:
+        """bool [C, E_t]: which of type `code`'s edges are active in each of `cells`."""
+        reg = self._reg_of_edge[code]
+        act = self.grns.types[self._types[code]].active_CxR[self._row_in_type[cells]]
+        return act[:, np.maximum(reg, 0)] & (reg >= 0)[None, :]
+
+    def _check(self, cell_idx: np.ndarray) -> np.ndarray:
+        cell_idx = np.asarray(cell_idx, np.int64)
+        if cell_idx.size and (cell_idx.min() < 0 or cell_idx.max() >= len(self.grns.cell_types)):
+            bad = cell_idx[(cell_idx < 0) | (cell_idx >= len(self.grns.cell_types))][0]
+            raise ValueError(f"cell {bad} is outside the {len(self.grns.cell_types)} cells the GRNs were fitted on")
+        return cell_idx
+
+    def cell_edges(self, cell_idx: np.ndarray, genes_CxG: sp.csr_matrix):
+        from grn_jax.data.graph_source import CellEdges, _edges_among
+
+        cell_idx = self._check(cell_idx)
+        genes_CxG = sp.csr_matrix(genes_CxG, dtype=bool)
+        codes = self._type_code[cell_idx]
+        rows_all, src_all, dst_all, w_all = [], [], [], []
+        for code, net in enumerate(self._nets):  # loop over cell types, vectorised over cells
+            members = np.flatnonzero(codes == code)
+            if len(members) == 0 or len(net.src) == 0:
+                continue
+            rows, e = _edges_among(net, genes_CxG[members])
+            reg = self._reg_of_edge[code][e]
+            act = self.grns.types[self._types[code]].active_CxR[self._row_in_type[cell_idx[members[rows]]]]
+            keep = (reg >= 0) & act[np.arange(len(rows)), np.maximum(reg, 0)]
+            rows_all.append(members[rows[keep]])
+            src_all.append(net.src[e[keep]])
+            dst_all.append(net.dst[e[keep]])
+            w_all.append(net.weight[e[keep]])
+        if not rows_all:
+            return CellEdges.empty(genes_CxG.shape[0])
+        rows = np.concatenate(rows_all)
+        order = np.argsort(rows, kind="stable")
+        ptr = np.zeros(genes_CxG.shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=genes_CxG.shape[0]), out=ptr[1:])
+        return CellEdges(ptr, np.concatenate(src_all)[order].astype(np.int32),
+                         np.concatenate(dst_all)[order].astype(np.int32),
+                         np.concatenate(w_all)[order].astype(np.float32))
+
+    def cell_neighbours(self, cell_idx: np.ndarray, genes_CxG: sp.csr_matrix) -> sp.csr_matrix:
+        cell_idx = self._check(cell_idx)
+        genes_CxG = sp.csr_matrix(genes_CxG, dtype=bool)
+        codes = self._type_code[cell_idx]
+        reach = sp.csr_matrix(genes_CxG.shape, dtype=np.float32)
+        for code, net in enumerate(self._nets):
+            members = np.flatnonzero(codes == code)
+            if len(members) == 0 or len(net.src) == 0:
+                continue
+            marked = genes_CxG[members].toarray()
+            act = self._active_edges(code, cell_idx[members])
+            e_idx = np.arange(len(net.src))
+            to_dst = sp.csr_matrix((np.ones(len(e_idx), np.float32), (e_idx, net.dst)), shape=(len(e_idx), self.num_genes))
+            to_src = sp.csr_matrix((np.ones(len(e_idx), np.float32), (e_idx, net.src)), shape=(len(e_idx), self.num_genes))
+            hit = (sp.csr_matrix((marked[:, net.src] & act).astype(np.float32)) @ to_dst
+                   + sp.csr_matrix((marked[:, net.dst] & act).astype(np.float32)) @ to_src)
+            sel = sp.csr_matrix((np.ones(len(members), np.float32), (members, np.arange(len(members)))),
+                                shape=(genes_CxG.shape[0], len(members)))
+            reach = reach + sel @ hit
+        return (reach.astype(bool) > genes_CxG).tocsr()
+
+
+def cell_specific_source(x_NxG, gene_names: Sequence[str], networks, cell_types=None, *,
+                         vocab_genes: Optional[Sequence[str]] = None, **fit_kwargs) -> CellSpecificNetworkSource:
+    """Fit cell-specific GRNs on a dataset and wrap them as a `GraphSource`.
+
+    `vocab_genes` is the index space the tokenizer queries with (default: `gene_names`).
+    """
+    grns = fit_cell_specific_grns(x_NxG, gene_names, networks, cell_types, **fit_kwargs)
+    return CellSpecificNetworkSource(grns, gene_names if vocab_genes is None else vocab_genes)
