@@ -40,8 +40,9 @@ class ChebyshevPlan:
     """A truncated Chebyshev expansion of a spectral filter, ready to apply.
 
     `coeffs` holds c_0..c_K in float64 (c_0 NOT yet halved; `diffuse` halves it);
-    `order` = K = number of sparse matmuls per application. `tail` is the bound on the
-    truncation error in operator 2-norm (sum of the dropped |c_k|). The plan is hashable
+    `order` = K = number of sparse matmuls per application. `tail` bounds the truncation
+    error in operator 2-norm: the sum of the dropped |c_k| (as computed, i.e. including
+    float64 quadrature round-off), so `||f(L) Q - p_K(L) Q|| <= tail * ||Q||` per column. The plan is hashable
     and immutable, so it can be a static argument to `jax.jit`.
     """
 
@@ -135,6 +136,12 @@ def truncation_order(coeffs: np.ndarray, tol: float) -> int:
     return int(ok[0])
 
 
+def _quadrature_noise_floor(filter_fn, n_quad: int) -> float:
+    """Round-off level of float64 Gauss–Chebyshev coefficients: 16 eps max|f| on the nodes."""
+    theta = np.pi * (np.arange(1, n_quad + 1, dtype=np.float64) - 0.5) / n_quad
+    return float(16 * np.finfo(np.float64).eps * np.max(np.abs(filter_fn(1.0 + np.cos(theta)))))
+
+
 def _check_beta(beta) -> None:
     if not (isinstance(beta, (int, float, np.floating, np.integer)) and math.isfinite(beta) and beta >= 0):
         raise ValueError(f"beta (diffusion rate) must be a finite number >= 0, got {beta!r}")
@@ -160,16 +167,25 @@ def chebyshev_plan(filter_fn: Callable[[np.ndarray], np.ndarray], tol: float = 1
     if max_order >= n_quad:
         raise ValueError(f"max_order ({max_order}) must be below n_quad ({n_quad})")
     coeffs = chebyshev_coefficients(filter_fn, max_order, n_quad)
-    tails = np.concatenate([np.cumsum(np.abs(coeffs)[::-1])[::-1][1:], [0.0]])
+    # float64 quadrature leaves round-off of ~eps * max|f| in every c_k; summed over hundreds
+    # of k that noise would swamp a small tol, so coefficients below this floor count as 0
+    # in the tail (for smooth filters the true c_k decay geometrically past it).
+    noise = _quadrature_noise_floor(filter_fn, n_quad)
+    if tol <= 10 * noise:
+        raise ValueError(f"tol={tol:g} is below what float64 quadrature resolves for filter {name!r} "
+                         f"(round-off ~{noise:.1e} per coefficient); use tol > {10 * noise:.1e}")
+    mag = np.where(np.abs(coeffs) > noise, np.abs(coeffs), 0.0)
+    tails = np.concatenate([np.cumsum(mag[::-1])[::-1][1:], [0.0]])
     # The last tail is 0 by construction; beyond max_order we cannot see, so demand that the
     # last few coefficients are already negligible before trusting the adaptive choice.
-    if np.sum(np.abs(coeffs[-8:])) > tol:
+    if np.sum(mag[-8:]) > tol:
         raise ValueError(f"filter {name!r} needs more than max_order={max_order} Chebyshev terms to reach "
-                         f"tol={tol:g} (|c_k| for the last 8 k sum to {np.sum(np.abs(coeffs[-8:])):.3g}); "
+                         f"tol={tol:g} (|c_k| for the last 8 k sum to {np.sum(mag[-8:]):.3g}); "
                          f"raise max_order/n_quad or tol")
-    k = truncation_order(coeffs, tol)
-    return ChebyshevPlan(coeffs=tuple(float(c) for c in coeffs[:k + 1]), tol=float(tol),
-                         tail=float(tails[k]), name=name)
+    k = truncation_order(mag, tol)
+    # report the unclipped sum: an upper estimate that includes the quadrature round-off
+    tail = float(np.sum(np.abs(coeffs[k + 1:])))
+    return ChebyshevPlan(coeffs=tuple(float(c) for c in coeffs[:k + 1]), tol=float(tol), tail=tail, name=name)
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,236 @@
+"""Chebyshev diffusion vs the exact heat kernel (scipy expm), masking, invariances, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from grn_jax.graphs import (diffuse, diffuse_exact, fixed_order_heat_kernel_plan, heat_kernel_plan,
+                            normalized_laplacian)
+from grn_jax.testing import assert_rel_close, relative_error, tolerance
+from tests.graphs.test_laplacian import laplacian_oracle, random_graph_batch
+
+B, S, E, D = 3, 16, 24, 5
+N_REAL = [16, 11, 7]  # CLS + genes per cell; the rest is padding
+BETAS = [0.01, 0.1, 1.0, 10.0]
+
+
+def _masks(n_real, seq_len):
+    node = np.arange(seq_len)[None, :] < np.asarray(n_real)[:, None]
+    cls = np.zeros_like(node)
+    cls[:, 0] = True
+    return node, cls
+
+
+def expm_oracle(s, r, w, m, q, beta, n_real):
+    """exp(-beta L) Q per cell with scipy, in float64, on the graph nodes only; CLS passes."""
+    lap = laplacian_oracle(s, r, w, m, q.shape[1])
+    node, cls = _masks(n_real, q.shape[1])
+    graph = node & ~cls
+    out = np.zeros(q.shape, np.float64)
+    for b in range(q.shape[0]):
+        q0 = np.where(graph[b][:, None], q[b].astype(np.float64), 0)
+        out[b] = np.where(graph[b][:, None], scipy.linalg.expm(-beta * lap[b]) @ q0, 0)
+    return np.where(cls[..., None], q, out)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    s, r, w, m = random_graph_batch(rng, B, S, E, n_real=N_REAL)
+    q = rng.standard_normal((B, S, D)).astype(np.float32)
+    node, cls = _masks(N_REAL, S)
+    q[~node] = np.nan  # padding content must never leak into real positions
+    return s, r, w, m, q, node, cls
+
+
+def _diffuse(s, r, w, m, q, node, cls, plan, **kw):
+    lap = normalized_laplacian(s, r, w, m, q.shape[1])
+    return diffuse(lap, jnp.asarray(q), plan, node_mask_BxS=jnp.asarray(node), passthrough_mask_BxS=jnp.asarray(cls),
+                   **kw)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_float32_matches_expm(problem, beta):
+    s, r, w, m, q, node, cls = problem
+    got = np.asarray(jax.jit(_diffuse, static_argnames="plan")(s, r, w, m, q, node, cls, plan=heat_kernel_plan(beta)))
+    want = expm_oracle(s, r, w, m, np.where(node[..., None], q, 0), beta, N_REAL)
+    assert got.dtype == np.float32
+    assert np.all(got[~node] == 0), "padding positions must be zero"
+    np.testing.assert_array_equal(got[:, 0], q[:, 0])  # CLS passes through bit-for-bit
+    assert_rel_close(got, want, np.float32, what=f"chebyshev beta={beta}")
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_float64_matches_expm(problem, beta):
+    s, r, w, m, q, node, cls = problem
+    with jax.enable_x64(True):
+        plan = heat_kernel_plan(beta, 1e-13)
+        got = np.asarray(_diffuse(s, r, w.astype(np.float64), m, q.astype(np.float64), node, cls, plan))
+    assert got.dtype == np.float64
+    want = expm_oracle(s, r, w.astype(np.float64), m, np.where(node[..., None], q, 0).astype(np.float64), beta,
+                       N_REAL)
+    assert_rel_close(got, want, np.float64, what=f"chebyshev float64 beta={beta}")
+    # the dense eigh reference (its float32 form is itself only ~1e-6 accurate at beta = 10)
+    with jax.enable_x64(True):
+        lap = normalized_laplacian(s, r, w.astype(np.float64), m, S)
+        exact = np.asarray(diffuse_exact(lap, jnp.asarray(q, jnp.float64), beta, node_mask_BxS=node,
+                                         passthrough_mask_BxS=cls))
+    assert_rel_close(exact, want, np.float64, what=f"eigh reference beta={beta}")
+
+
+def test_unhalved_c0_would_be_caught(problem):
+    """Public GREmLN defect: c_0 not halved = exp(-beta L) + c_0/2 I. The accuracy test above
+    rejects it by a factor of ~1e6."""
+    s, r, w, m, q, node, cls = problem
+    plan = heat_kernel_plan(0.1)
+    unhalved = plan.as_array().copy()
+    unhalved[0] *= 2.0  # diffuse halves c_0 itself; doubling reproduces the defect
+    bad = np.asarray(_diffuse(s, r, w, m, q, node, cls, jnp.asarray(unhalved, jnp.float32)))
+    want = expm_oracle(s, r, w, m, np.where(node[..., None], q, 0), 0.1, N_REAL)
+    assert relative_error(bad, want) > 0.5
+    assert relative_error(bad, want) > 1e5 * tolerance(np.float32).rel
+
+
+def test_fixed_order_64_agrees(problem):
+    s, r, w, m, q, node, cls = problem
+    got = _diffuse(s, r, w, m, q, node, cls, fixed_order_heat_kernel_plan(0.1, 64))
+    want = expm_oracle(s, r, w, m, np.where(node[..., None], q, 0), 0.1, N_REAL)
+    assert_rel_close(got, want, np.float32, what="K=64")
+
+
+def test_one_way_star_is_bounded():
+    """Public-code defect: source-only degrees on one-way edges blow outputs up to ~1e6 ||Q||.
+    The heat kernel is a contraction: ||exp(-beta L) Q|| <= ||Q||."""
+    s = np.array([[1, 1, 1, 1, 1]], np.int32)
+    r = np.array([[2, 3, 4, 5, 6]], np.int32)
+    w = np.ones((1, 5), np.float32)
+    m = np.ones((1, 5), bool)
+    q = np.random.default_rng(3).standard_normal((1, 8, 4)).astype(np.float32)
+    node, cls = _masks([8], 8)
+    got = np.asarray(_diffuse(s, r, w, m, q, node, cls, heat_kernel_plan(1.0)))
+    assert np.linalg.norm(got[0, 1:]) <= np.linalg.norm(q[0, 1:])
+    assert_rel_close(got, expm_oracle(s, r, w, m, q, 1.0, [8]), np.float32)
+
+
+def test_batch_and_padding_invariance(problem):
+    s, r, w, m, q, node, cls = problem
+    plan = heat_kernel_plan(1.0)
+    fn = jax.jit(_diffuse, static_argnames="plan")
+    ref = np.asarray(fn(s, r, w, m, q, node, cls, plan=plan))
+    # other batch-mates: cell 0 kept, cells 1, 2 replaced by fresh graphs and queries
+    rng = np.random.default_rng(7)
+    s2, r2, w2, m2 = random_graph_batch(rng, B, S, E)
+    q2 = rng.standard_normal((B, S, D)).astype(np.float32)
+    for a, b in ((s2, s), (r2, r), (w2, w), (m2, m), (q2, q)):
+        a[0] = b[0]
+    node2, cls2 = _masks([16, 16, 16], S)
+    node2[0] = node[0]
+    other = np.asarray(fn(s2, r2, w2, m2, q2, node2, cls2, plan=plan))
+    np.testing.assert_array_equal(other[0], ref[0])
+    # more padding (S 16 -> 40) and more edge slots (E 24 -> 64) for cell 1 (11 real tokens)
+    pad_s, pad_e = 40, 64
+    sp = np.zeros((1, pad_e), np.int32)
+    rp = np.zeros((1, pad_e), np.int32)
+    wp = np.zeros((1, pad_e), np.float32)
+    mp = np.zeros((1, pad_e), bool)
+    sp[0, :E], rp[0, :E], wp[0, :E], mp[0, :E] = s[1], r[1], w[1], m[1]
+    qp = np.full((1, pad_s, D), 1e30, np.float32)
+    qp[0, :S] = np.where(node[1][:, None], q[1], 1e30)
+    nodep, clsp = _masks([N_REAL[1]], pad_s)
+    padded = np.asarray(fn(sp, rp, wp, mp, qp, nodep, clsp, plan=plan))
+    np.testing.assert_allclose(padded[0, :S], ref[1], rtol=1e-6, atol=1e-7)
+    assert np.all(padded[0, N_REAL[1]:] == 0)
+
+
+def test_permutation_equivariance(problem):
+    s, r, w, m, q, node, cls = problem
+    plan = heat_kernel_plan(1.0)
+    ref = np.asarray(_diffuse(s, r, w, m, q, node, cls, plan))
+    perm = np.concatenate([[0], 1 + np.random.default_rng(5).permutation(S - 1)])  # CLS stays at 0
+    inv = np.argsort(perm)  # new position of old position p is inv[p]
+    got = np.asarray(_diffuse(inv[s].astype(np.int32), inv[r].astype(np.int32), w, m, q[:, perm], node[:, perm],
+                              cls[:, perm], plan))
+    np.testing.assert_allclose(got, ref[:, perm], rtol=1e-5, atol=1e-6)
+
+
+def test_map_and_vmap_loops_agree_and_bf16(problem):
+    s, r, w, m, q, node, cls = problem
+    plan = heat_kernel_plan(0.1)
+    a = np.asarray(_diffuse(s, r, w, m, q, node, cls, plan, cell_loop="map"))
+    b = np.asarray(_diffuse(s, r, w, m, q, node, cls, plan, cell_loop="vmap"))
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    qb = jnp.asarray(np.where(node[..., None], q, 0), jnp.bfloat16)
+    got = _diffuse(s, r, w, m, qb, node, cls, plan)
+    assert got.dtype == jnp.bfloat16
+    # computed in float32 from the bf16 input: equals the f32 result on that input, rounded once
+    want = _diffuse(s, r, w, m, np.asarray(qb, np.float32), node, cls, plan)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want.astype(jnp.bfloat16)))
+
+
+def test_grad_wrt_q_is_exp_minus_2_beta_l(problem):
+    """d/dQ 1/2 ||exp(-beta L) Q||^2 = exp(-2 beta L) Q on graph nodes (L symmetric)."""
+    s, r, w, m, q, node, cls = problem
+    beta = 0.5
+    q0 = np.where(node[..., None], q, 0)
+    lap = normalized_laplacian(s, r, w, m, S)
+    graph = jnp.asarray(node & ~cls)
+
+    def loss(qq):
+        out = diffuse(lap, qq, heat_kernel_plan(beta), node_mask_BxS=node, passthrough_mask_BxS=cls)
+        return 0.5 * jnp.sum(jnp.where(graph[..., None], out, 0) ** 2)
+
+    got = jax.jit(jax.grad(loss))(jnp.asarray(q0))
+    want = expm_oracle(s, r, w, m, q0, 2 * beta, N_REAL)
+    want[:, 0] = 0  # the loss ignores the CLS output
+    assert_rel_close(got, want, np.float32, what="grad wrt Q")
+
+
+def test_grad_wrt_edge_weights_matches_expm_finite_differences(problem):
+    s, r, w, m, q, node, cls = problem
+    beta = 1.0
+    q0 = np.where(node[..., None], q, 0).astype(np.float64)
+    g = np.random.default_rng(11).standard_normal(q0.shape)
+    with jax.enable_x64(True):
+        plan = heat_kernel_plan(beta, 1e-13)
+
+        def loss(ww):
+            lap = normalized_laplacian(s, r, ww, m, S)
+            out = diffuse(lap, jnp.asarray(q0), plan, node_mask_BxS=node, passthrough_mask_BxS=cls)
+            return jnp.sum(out * g)
+
+        grad = np.asarray(jax.grad(loss)(jnp.asarray(w, jnp.float64)))
+
+    def oracle_loss(ww):
+        return float(np.sum(expm_oracle(s, r, ww, m, q0, beta, N_REAL) * g))
+
+    h = 1e-6
+    checked = 0
+    for b, e in [(0, 0), (0, 3), (1, 5), (2, 1), (2, 4)]:
+        if not m[b, e] or s[b, e] == r[b, e]:
+            continue
+        wp, wm = w.astype(np.float64), w.astype(np.float64)
+        wp[b, e] += h
+        wm[b, e] -= h
+        fd = (oracle_loss(wp) - oracle_loss(wm)) / (2 * h)
+        np.testing.assert_allclose(grad[b, e], fd, rtol=1e-6, atol=1e-8)
+        checked += 1
+    assert checked >= 3
+    assert np.all(grad[~m] == 0)
+
+
+def test_bad_arguments(problem):
+    s, r, w, m, q, node, cls = problem
+    lap = normalized_laplacian(s, r, w, m, S)
+    plan = heat_kernel_plan(0.1)
+    with pytest.raises(ValueError, match="q_BxSxD must be"):
+        diffuse(lap, jnp.zeros((B, S)), plan, node_mask_BxS=node)
+    with pytest.raises(ValueError, match="laplacian must be a BCOO"):
+        diffuse(lap, jnp.zeros((B, S + 1, D)), plan, node_mask_BxS=node)
+    with pytest.raises(ValueError, match="node_mask_BxS"):
+        diffuse(lap, jnp.zeros((B, S, D)), plan, node_mask_BxS=node[:, 1:])
+    with pytest.raises(ValueError, match="cell_loop"):
+        diffuse(lap, jnp.zeros((B, S, D)), plan, node_mask_BxS=node, cell_loop="scan")
+    with pytest.raises(ValueError, match="BCOO"):
+        diffuse(lap.todense(), jnp.zeros((B, S, D)), plan, node_mask_BxS=node)
