@@ -25,3 +25,9 @@ from grn_jax.graphs.network_io import (  # noqa: E402
 # --- co-expression graph and edge perturbation (GRNFormer §3.2) ---
 from grn_jax.graphs.coexpression import (  # noqa: E402
     coexpression_adjacency, expressed_positions, num_replaced, perturb_edges)
+
+# --- cell-specific GRNs (GRNFormer §3.1): AUCell + two-Gaussian thresholds ---
+from grn_jax.graphs.aucell import Regulons, aucell, regulons_from_network  # noqa: E402
+from grn_jax.graphs.cell_specific import (  # noqa: E402
+    CellSpecificGRNs, CellSpecificNetworkSource, TwoGaussians, cell_specific_source, fit_cell_specific_grns,
+    fit_two_gaussians, gmm_thresholds, weighted_intersection)
