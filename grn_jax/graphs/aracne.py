@@ -317,9 +317,13 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
         pval = null.pvalue(mi_val)
         extra = {}
     if not keep.any():
+        why = ""
+        if runs > 1:
+            why = (f"; the {runs}-run consensus has edge density p0={extra['consensus_p0']:.3g}, so even an edge "
+                   f"found in every run has p={extra['consensus_p0'] ** runs:.3g}: use more bootstraps")
         raise ValueError(
             f"{name or 'group'}: the network is empty ({n} cells, {reg_idx.size} regulators, {len(genes)} genes, "
-            f"MI threshold {threshold:.4g} at p={cfg.mi_pvalue}, edges passing per run {n_passed}). "
+            f"MI threshold {threshold:.4g} at p={cfg.mi_pvalue}, edges passing per run {n_passed}{why}). "
             "Use more cells, a larger mi_pvalue or more genes")
     r_i, g_i = np.nonzero(keep)
     order = np.lexsort((-mi_val[r_i, g_i], r_i))

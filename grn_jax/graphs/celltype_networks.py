@@ -77,7 +77,7 @@ def cluster_cells(adata, *, method: str = "leiden", resolution: float = 1.0, lay
     tmp = ad.AnnData(X=log_normalised(adata, layer).astype(np.float32))
     n_comps = int(max(1, min(n_pcs, tmp.n_obs - 1, tmp.n_vars - 1)))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
-    sc.pp.neighbors(tmp, n_neighbors=min(n_neighbors, tmp.n_obs - 1), n_pcs=n_comps, random_state=seed)
+    sc.pp.neighbors(tmp, n_neighbors=min(n_neighbors, tmp.n_obs - 1), n_pcs=n_comps, random_state=seed, method="gauss")
     if method == "leiden":
         sc.tl.leiden(tmp, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
     else:

@@ -1,0 +1,125 @@
+"""Mutual-information estimators: closed forms, hand-computed partitions, a float64 reference, each other."""
+
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from grn_jax.graphs import mutual_info as mi
+from grn_jax.testing import assert_allclose
+
+
+def _gaussian_pairs(rng, n, p, rho):
+    z = rng.standard_normal((n, p))
+    w = rho * z + np.sqrt(1.0 - rho * rho) * rng.standard_normal((n, p))
+    return z, w
+
+
+def test_copula_mi_matches_float64_reference_across_block_padding():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 23)) @ rng.standard_normal((23, 23))  # correlated genes
+    x[:, 5] = np.exp(x[:, 5])  # a monotone transform: same ranks, same copula MI
+    z = mi.copula_scores(x)
+    reg = np.array([0, 3, 7])
+    # Reference in float64: normal scores of mid-ranks, Pearson correlation, closed form.
+    s = special.ndtri((stats.rankdata(x, axis=0) / (x.shape[0] + 1.0)))
+    r_ref = np.corrcoef(s.T)[reg]
+    ref = -0.5 * np.log1p(-np.minimum(r_ref ** 2, 1 - 1e-7))
+    for block in (7, 23, 512):  # 23 % 7 != 0 exercises the padded last block
+        got = mi.gaussian_copula_mi(z[:, reg], z, block=block)
+        off = np.ones_like(got, bool)
+        off[np.arange(3), reg] = False  # self-MI saturates at the float32 clamp; compared separately
+        assert_allclose(got[off], ref[off], np.float32, err_msg=f"block={block}")
+
+
+@pytest.mark.parametrize("rho", [0.2, 0.5, 0.8])
+def test_copula_mi_agrees_with_gaussian_closed_form(rho):
+    rng = np.random.default_rng(1)
+    n = 20_000
+    z, w = _gaussian_pairs(rng, n, 1, rho)
+    s = mi.copula_scores(np.concatenate([z, w], axis=1))
+    got = float(mi.gaussian_copula_mi(s[:, :1], s[:, 1:])[0, 0])
+    se = rho / np.sqrt(n)  # delta method: sd(MI_hat) ~ |rho| / sqrt(N)
+    assert abs(got - mi.gaussian_mi_closed_form(rho)) < 4 * se
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5, 0.8])
+def test_adaptive_partitioning_agrees_with_gaussian_closed_form(rho):
+    rng = np.random.default_rng(2)
+    z, w = _gaussian_pairs(rng, 8000, 6, rho)
+    got = mi.adaptive_partition_mi(mi.rank_transform(z, ties="random"), mi.rank_transform(w, ties="random"))
+    # 6 pairs of 8000 cells: sd of the mean ~ 0.005; the estimator's small-sample bias is ~ -0.005 at rho 0.8.
+    assert abs(got.mean() - mi.gaussian_mi_closed_form(rho)) < 0.02
+
+
+def test_adaptive_partitioning_hand_computed_cases():
+    n8 = np.arange(8)[:, None]
+    # y = x, N = 8: the forced root split leaves two 4-point cells; each is uniform over its 2x2
+    # sub-quadrants by the chi-square test (chi2 = 4 < 7.815), so a leaf worth 4 log(4 / (4 * 4)):
+    # MI = 2 * 4 log(1/4) / 8 + log 8 = log 2.
+    assert_allclose(mi.adaptive_partition_mi(n8, n8), [np.log(2)], np.float64)
+    assert_allclose(mi.adaptive_partition_mi(n8, 7 - n8), [np.log(2)], np.float64)  # anti-diagonal
+    # y = x, N = 16: the 8-point cells fail uniformity (chi2 = 8 > 7.815) and split into four 4-point
+    # leaves 4 log(4 / 16): MI = 4 * 4 log(1/4) / 16 + log 16 = log 4.
+    n16 = np.arange(16)[:, None]
+    assert_allclose(mi.adaptive_partition_mi(n16, n16), [np.log(4)], np.float64)
+    # A 16-point "Latin" layout with one point per 4x4 block and 4 points per 8x8 quadrant: every cell
+    # passes uniformity below the forced root split, so MI = 4 * 4 log(4 / 64) / 16 + log 16 = 0.
+    x = np.arange(16)
+    y = (x % 4) * 4 + x // 4
+    assert np.all(np.bincount((x // 4) * 4 + y // 4, minlength=16) == 1)
+    assert_allclose(mi.adaptive_partition_mi(x[:, None], y[:, None]), [0.0], np.float64)
+
+
+def test_adaptive_partitioning_chunking_does_not_change_values():
+    rng = np.random.default_rng(3)
+    z, w = _gaussian_pairs(rng, 200, 9, 0.6)
+    xr, yr = mi.rank_transform(z, ties="random"), mi.rank_transform(np.tanh(w), ties="random")
+    whole = mi.adaptive_partition_mi(xr, yr)
+    chunked = mi.adaptive_partition_mi(xr, yr, max_points=450)  # two pairs per chunk
+    assert_allclose(chunked, whole, np.float64)
+    single = [mi.adaptive_partition_mi(xr[:, [p]], yr[:, [p]])[0] for p in range(9)]
+    assert_allclose(whole, single, np.float64)
+
+
+def test_estimators_rank_pairs_alike():
+    rng = np.random.default_rng(4)
+    n, g = 1500, 40
+    base = rng.standard_normal((n, 1))
+    strength = np.linspace(0.0, 1.5, g)
+    x = base * strength + rng.standard_normal((n, g))
+    x[:, ::3] = np.exp(x[:, ::3])  # monotone: ranks (and both MIs) unchanged in expectation
+    reg = np.array([g - 1])
+    gc = mi.gaussian_copula_mi(mi.copula_scores(x)[:, reg], mi.copula_scores(x))[0]
+    ap = mi.adaptive_partition_mi_matrix(mi.rank_transform(x, ties="random"), reg)[0]
+    others = np.arange(g - 1)
+    rho = stats.spearmanr(gc[others], ap[others]).statistic
+    assert rho > 0.9, rho
+    assert ap[g - 1] == 0.0  # self pair left out
+
+
+def test_rank_transform_ties():
+    x = np.array([[0, 0], [0, 0], [2, 0], [0, 1], [5, 3]], float)
+    assert_allclose(mi.rank_transform(x)[:, 0], [1, 1, 3, 1, 4], np.float64)  # mid-ranks, 0-based
+    rng = np.random.default_rng(0)
+    zeros = np.zeros((200, 2))
+    zeros[:5] = 1.0
+    r = mi.rank_transform(zeros, ties="random", rng=rng)
+    assert sorted(r[:, 0]) == list(range(200)) and sorted(r[:, 1]) == list(range(200))
+    assert set(r[:5, 0]) == set(range(195, 200))  # ties broken only within a value
+    assert not np.array_equal(r[5:, 0], r[5:, 1])  # each gene gets its own tie-break order
+    with pytest.raises(ValueError, match="ties"):
+        mi.rank_transform(x, ties="first")
+
+
+def test_bad_input_names_cell_and_gene():
+    x = np.ones((10, 3))
+    x[:, 0] = np.arange(10)
+    x[:, 2] = np.arange(10) ** 2
+    with pytest.raises(ValueError, match=r"constant.*\['B'\]"):
+        mi.copula_scores(x, genes=["A", "B", "C"])
+    x[:, 1] = np.arange(10)
+    x[4, 2] = np.nan
+    with pytest.raises(ValueError, match=r"1 non-finite.*cell row 4, gene 'C'"):
+        mi.copula_scores(x, genes=["A", "B", "C"])
+    with pytest.raises(ValueError, match="at least 8 cells"):
+        mi.adaptive_partition_mi(np.arange(5)[:, None], np.arange(5)[:, None])
