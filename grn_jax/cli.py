@@ -93,11 +93,32 @@ def _add_quickstart(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="trace N training steps (jax.profiler) and print per-op time, FLOP/s, bytes")
+    p.add_argument("--config", required=True, help="experiment YAML (the run config training uses)")
+    p.add_argument("--steps", type=int, default=5, help="traced steps after one warm-up step (default: 5)")
+    p.add_argument("--out", default="profile_out", help="trace folder (TensorBoard/Perfetto; default: profile_out)")
+    p.add_argument("--seq-len", type=int, default=None, help="bucket length (default: CLS + tokenize.max_genes)")
+    p.add_argument("--num-edges", type=int, default=None, help="edge budget (default: tokenize.max_edges)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field, e.g. --set model.attention_impl=pallas (repeatable)")
+
+    def run(args) -> int:
+        from grn_jax.profiling import profile_from_config
+
+        profile_from_config(args.config, steps=args.steps, out_dir=args.out, overrides=args.overrides,
+                            seq_len=args.seq_len, num_edges=args.num_edges)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 _REGISTRARS: list[Callable] = [
     _add_version,
     _add_model,
     _add_prepare,
     _add_quickstart,
+    _add_profile,
 ]
 
 
