@@ -202,7 +202,7 @@ class CellTypeNetworkSource:
             bad = int(cell_idx[np.flatnonzero(codes < 0)[0]])
             if not self.allow_missing:
                 raise ValueError(
-                    f"cell {bad} has cell type {self.cell_types[bad]!r} with no network (networks exist for "
+                    f"cell {bad} has cell type {str(self.cell_types[bad])!r} with no network (networks exist for "
                     f"{self._types[:10]}); add a network for it or pass allow_missing=True to give such cells no edges")
             self.report["cells_without_network"] += int((codes < 0).sum())
         return codes

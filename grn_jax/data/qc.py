@@ -43,7 +43,7 @@ def qc_cells(totals: np.ndarray, n_genes: np.ndarray, cfg: QCConfig, *, counts_a
         if hi is not None:
             fails[1] = totals > hi
         if cfg.keep_middle is not None and n > 0:
-            tail = (1.0 - cfg.keep_middle) / 2.0
+            tail = round((1.0 - cfg.keep_middle) / 2.0, 12)  # 0.9 -> exactly 0.05
             q_lo, q_hi = np.quantile(totals, [tail, 1.0 - tail])
             middle_bounds = [float(q_lo), float(q_hi)]
             fails[2] = (totals < q_lo) | (totals > q_hi)

@@ -16,7 +16,7 @@ def check_gene_names(gene_names: Sequence[str], where: str = "var_names") -> Non
     uniq, first, counts = np.unique(names, return_index=True, return_counts=True)
     if np.any(counts > 1):
         dup = np.flatnonzero(counts > 1)
-        examples = [f"{uniq[i]!r} x{counts[i]}" for i in dup[:5]]
+        examples = [f"{str(uniq[i])!r} x{int(counts[i])}" for i in dup[:5]]
         raise ValueError(f"{len(dup)} duplicate gene name(s) in {where}: {', '.join(examples)}; make them unique "
                          "(anndata.AnnData.var_names_make_unique) or key genes by Ensembl id (ingest.gene_column)")
 
@@ -33,7 +33,8 @@ def check_block(block: sp.csr_matrix, row_offset: int, cell_names: Sequence[str]
         row = int(np.searchsorted(block.indptr, k, side="right") - 1)
         col = int(block.indices[k])
         cell = row_offset + row
-        return (f"cell {cell} ({cell_names[cell]!r}), gene {col} ({gene_names[col]!r}) has value {data[k]!r}; "
+        return (f"cell {cell} ({str(cell_names[cell])!r}), gene {col} ({str(gene_names[col])!r}) has value "
+                f"{data[k].item()!r}; "
                 f"{int(mask.sum())} such value(s) in cells {row_offset}..{row_offset + block.shape[0] - 1}")
 
     if np.issubdtype(data.dtype, np.floating):

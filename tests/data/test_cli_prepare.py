@@ -1,0 +1,39 @@
+"""`grn-jax prepare` and `grn-jax quickstart` end to end through the CLI entry point."""
+
+import json
+
+import numpy as np
+
+from grn_jax.cli import main
+from grn_jax.data import ShardStore
+
+from ._helpers import toy_adata
+
+
+def test_prepare_command_with_network_and_overrides(tmp_path, capsys):
+    a = toy_adata()
+    a.write_h5ad(tmp_path / "in.h5ad")
+    (tmp_path / "net.tsv").write_text("regulator\ttarget\tmi\tpvalue\ng0\tg1\t0.5\t0.01\ng2\tg3\t0.7\t0.01\n")
+    rc = main(["prepare", str(tmp_path / "in.h5ad"), "--out", str(tmp_path / "out"), "--network",
+               str(tmp_path / "net.tsv"), "--min-counts", "10", "--min-genes", "5", "--n-bins", "11",
+               "--max-genes", "20"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "cells            60 in" in out and "vocabulary       43 tokens" in out
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["config"]["qc"]["min_counts"] == 10.0 and m["bin_spec"]["n_bins"] == 11
+    assert m["summary"]["graph"]["network"]["edges_kept"] == 2
+    store = ShardStore(tmp_path / "out", verify=True)
+    assert max(len(store.cell(i)["gene_ids"]) for i in range(len(store))) <= 20
+    assert sum(len(store.cell(i)["edge_src"]) for i in range(len(store))) == m["summary"]["tokens"]["edges_kept"] > 0
+
+
+def test_quickstart_prints_summary_and_writes_shards(tmp_path, capsys):
+    assert main(["quickstart", "--out", str(tmp_path / "qs")]) == 0
+    out = capsys.readouterr().out
+    for needle in ("700 in, 700 kept, 0 filtered", "765 in data", "vocabulary       768 tokens",
+                   "100 expression bins", "seq buckets", "content hash"):
+        assert needle in out
+    store = ShardStore(tmp_path / "qs" / "shards", verify=True)
+    assert len(store) == 700
+    assert np.isin(store.cells_table()["cell_type"], ["Dendritic", "CD14+ Monocyte"]).sum() == 369
