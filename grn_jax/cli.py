@@ -113,12 +113,79 @@ def _add_profile(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_grn(sub) -> None:
+    p = sub.add_parser("grn", help="gene regulatory networks: per-cell-type ARACNe inference, networks for new cells")
+    gsub = p.add_subparsers(dest="grn_command", required=True)
+
+    q = gsub.add_parser("infer", help="one ARACNe network per cell type of an .h5ad (+ summary)")
+    q.add_argument("data", help="input .h5ad with counts in X (or --layer)")
+    q.add_argument("--out", required=True, help="output folder: networks/, summary.tsv/json, labels.tsv")
+    q.add_argument("--cell-type-key", default=None, help="obs column of cell types (default: Leiden clusters)")
+    q.add_argument("--layer", default=None, help="layer holding raw counts (default: X)")
+    q.add_argument("--regulators", default="human",
+                   help="regulator list file, one gene per line, or 'human' for the shipped 1,639 human TFs")
+    q.add_argument("--estimator", choices=("gaussian", "adaptive"), default="gaussian",
+                   help="MI estimator: Gaussian copula (fast) or ARACNe adaptive partitioning")
+    q.add_argument("--mi-pvalue", type=float, default=1e-4, help="MI significance vs the permutation null")
+    q.add_argument("--bootstraps", type=int, default=20, help="bootstrap runs for the consensus (0/1 = none)")
+    q.add_argument("--fdr", type=float, default=0.05, help="consensus FDR (binomial recurrence null)")
+    q.add_argument("--no-dpi", action="store_true", help="skip the data processing inequality")
+    q.add_argument("--max-cells", type=int, default=None, help="subsample each run to this many cells")
+    q.add_argument("--min-cells", type=int, default=50, help="cell types below this get --fallback")
+    q.add_argument("--fallback", choices=("pooled", "skip", "error"), default="pooled",
+                   help="for small types: the network of all cells pooled, none, or an error")
+    q.add_argument("--subnetworks", choices=("bootstrap", "clusters"), default="bootstrap",
+                   help="consensus over bootstraps (ARACNe-AP) or over Leiden sub-clusters (GREmLN)")
+    q.add_argument("--cluster-method", choices=("leiden", "louvain"), default="leiden")
+    q.add_argument("--resolution", type=float, default=1.0, help="clustering resolution without --cell-type-key")
+    q.add_argument("--format", choices=("tsv", "parquet"), default="tsv", help="network file format")
+    q.add_argument("--seed", type=int, default=0)
+
+    def run_infer(args) -> int:
+        from grn_jax.graphs import AracneConfig, infer_networks_to_dir
+
+        cfg = AracneConfig(estimator=args.estimator, mi_pvalue=args.mi_pvalue, n_bootstraps=args.bootstraps,
+                           fdr=args.fdr, dpi=not args.no_dpi, max_cells=args.max_cells, seed=args.seed,
+                           progress=True)
+        res = infer_networks_to_dir(args.data, args.out, cell_type_key=args.cell_type_key,
+                                    regulators_path=args.regulators, fmt=args.format, layer=args.layer, config=cfg,
+                                    min_cells=args.min_cells, fallback=args.fallback, subnetworks=args.subnetworks,
+                                    cluster_method=args.cluster_method, resolution=args.resolution)
+        print(res.summary.to_string(index=False))
+        return 0
+
+    q.set_defaults(func=run_infer)
+
+    a = gsub.add_parser("assign", help="networks for new cells by kNN graph integration (GREmLN eqs. 1-3)")
+    a.add_argument("query", help=".h5ad of the new cells (their labels are never used)")
+    a.add_argument("--networks", required=True, help="the --out folder of `grn-jax grn infer`")
+    a.add_argument("--train", required=True, help="the .h5ad `grn infer` was run on (training cells)")
+    a.add_argument("--out", required=True, help="output folder: posterior.tsv, cell_edges.parquet, report.json")
+    a.add_argument("--layer", default=None, help="layer holding raw counts in both files (default: X)")
+    a.add_argument("--k", type=int, default=15, help="neighbours of the kNN type classifier")
+    a.add_argument("--alpha", type=float, default=0.05, help="keep an edge when its exclusion probability <= alpha")
+    a.add_argument("--seed", type=int, default=0)
+
+    def run_assign(args) -> int:
+        import json
+
+        from grn_jax.graphs import assign_networks_to_dir
+
+        report = assign_networks_to_dir(args.networks, args.train, args.query, args.out, layer=args.layer,
+                                        k=args.k, alpha=args.alpha, seed=args.seed)
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+
+    a.set_defaults(func=run_assign)
+
+
 _REGISTRARS: list[Callable] = [
     _add_version,
     _add_model,
     _add_prepare,
     _add_quickstart,
     _add_profile,
+    _add_grn,
 ]
 
 

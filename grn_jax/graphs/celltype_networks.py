@@ -13,11 +13,8 @@ counted in the summary.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import re
 import time
-from typing import Mapping, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -250,51 +247,3 @@ def infer_cell_type_networks(
               "n_regulators_missing": len(missing), "normalisation": "log1p(counts * 1e4 / cell total)",
               "aracne": config.to_params()}
     return CellTypeNetworks(networks=networks, summary=pd.DataFrame(rows), labels=labels, params=params)
-
-
-def _safe_name(name: str, used: set) -> str:
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "type"
-    out, k = base, 1
-    while out in used:
-        k += 1
-        out = f"{base}_{k}"
-    used.add(out)
-    return out
-
-
-def write_cell_type_networks(result: CellTypeNetworks, out_dir: Union[str, os.PathLike], fmt: str = "tsv") -> dict:
-    """Write networks/<type>.<fmt>, summary.tsv and summary.json; return {cell type: file}."""
-    from grn_jax.graphs.network_io import write_network
-
-    if fmt not in ("tsv", "parquet"):
-        raise ValueError(f"fmt must be 'tsv' or 'parquet', got {fmt!r}")
-    os.makedirs(os.path.join(out_dir, "networks"), exist_ok=True)
-    used, files, by_id = set(), {}, {}
-    for t, net in result.networks.items():
-        if id(net) in by_id and t != POOLED:
-            files[t] = by_id[id(net)]
-            continue
-        path = os.path.join("networks", f"{_safe_name(t, used)}.{fmt}")
-        write_network(net, os.path.join(out_dir, path))
-        files[t] = by_id[id(net)] = path
-    summary = result.summary.copy()
-    summary["file"] = [files.get(t, "") for t in summary["cell_type"]]
-    summary.to_csv(os.path.join(out_dir, "summary.tsv"), sep="\t", index=False)
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump({"params": result.params, "cell_types": summary.to_dict(orient="records")}, f, indent=2, default=str)
-    return files
-
-
-def infer_networks_to_dir(data_path: Union[str, os.PathLike], out_dir: Union[str, os.PathLike], *,
-                          cell_type_key: Optional[str] = None, regulators_path: Optional[str] = None,
-                          fmt: str = "tsv", **kwargs) -> CellTypeNetworks:
-    """Read an h5ad, infer per-cell-type networks and write them to `out_dir` (the `grn-jax grn infer` command)."""
-    import anndata as ad
-
-    from grn_jax.resources import read_gene_list
-
-    adata = ad.read_h5ad(data_path)
-    regulators = read_gene_list(regulators_path) if regulators_path else None
-    result = infer_cell_type_networks(adata, cell_type_key=cell_type_key, regulators=regulators, **kwargs)
-    write_cell_type_networks(result, out_dir, fmt)
-    return result

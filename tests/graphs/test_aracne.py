@@ -9,6 +9,7 @@ from scipy import stats
 
 from grn_jax.datasets import simulate
 from grn_jax.graphs import aracne, celltype_networks as ctn
+from grn_jax.graphs.network_dir import write_cell_type_networks
 
 
 def _dpi_brute_force(mi_RxG, reg_idx, tol=0.0):
@@ -214,7 +215,7 @@ def test_cell_type_networks_with_fallbacks(typed, tmp_path):
         assert summ.loc[t, "status"] == "inferred" and res.networks[t].num_edges == summ.loc[t, "n_edges"] > 0
         assert res.networks[t].params["n_cells"] == int((s.adata.obs["ct"] == t).sum())
     assert res.params["n_regulators_missing"] == 1
-    files = ctn.write_cell_type_networks(res, tmp_path, "tsv")
+    files = write_cell_type_networks(res, tmp_path, "tsv")
     assert files["rare"] == files[ctn.POOLED] and (tmp_path / "summary.tsv").exists()
 
     skipped = ctn.infer_cell_type_networks(s.adata, cell_type_key="ct", regulators=tfs, config=cfg, min_cells=40,
