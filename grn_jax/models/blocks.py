@@ -115,5 +115,5 @@ class Encoder(nn.Module):
                             in_axes=(nn.broadcast, nn.broadcast), length=length,
                             metadata_params={nn.PARTITION_NAME: None})
             x_BxSxD, _ = stack(self.config, kind, self.plan if kind == "diffusion" else None, self.dtype,
-                               self.deterministic, name=f"run{run}_{kind}")(x_BxSxD, key_mask_BxS, ctx)
+                               self.deterministic, name=f"layers_{run}")(x_BxSxD, key_mask_BxS, ctx)
         return x_BxSxD

@@ -55,8 +55,12 @@ def example_batch(config: ModelConfig, batch_size: int = 2, seq_len: int = 16, n
 
 
 def init_variables(model: GREmLN, key: jax.Array, batch: TokenBatch):
-    """`model.init` on `batch` (deterministic, so no dropout/sample/perturb rngs are needed)."""
-    return model.init({"params": key}, batch, deterministic=True)
+    """Jitted `model.init` on `batch` (deterministic, so no dropout/sample/perturb rngs are needed).
+
+    Only the batch's shapes matter; jit makes this one compiled program instead
+    of hundreds of eagerly dispatched ops.
+    """
+    return jax.jit(lambda k, b: model.init({"params": k}, b, deterministic=True))(key, batch)
 
 
 def abstract_variables(model: GREmLN, batch: TokenBatch):

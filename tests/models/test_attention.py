@@ -1,0 +1,107 @@
+"""Attention functions against numpy/scipy oracles: GDKA = softmax((expm(-beta L) Q) K^T / sqrt(d)) V."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from grn_jax.graphs import heat_kernel_plan, normalized_laplacian
+from grn_jax.models import DiffusionContext, diffusion_attention, dot_product_attention
+from grn_jax.testing import assert_rel_close
+from tests.models._cells import heat_kernel_np
+
+B, S, H, K, E = 2, 8, 2, 4, 6
+N_GENES = (5, 7)
+EDGES = ([(0, 1, 1.0), (1, 2, 0.5), (3, 1, 2.0), (2, 0, 1.0)],  # gene 4 isolated
+         [(0, 1, 1.0), (2, 3, 1.5), (4, 5, 0.7), (5, 6, 1.0), (6, 0, 0.3), (1, 0, 0.4)])
+
+
+def _inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.normal(size=(B, S, H, K)).astype(np.float32) for _ in range(3))
+    token_mask = np.zeros((B, S), bool)
+    snd = np.zeros((B, E), np.int32)
+    rcv = np.zeros((B, E), np.int32)
+    w = np.zeros((B, E), np.float32)
+    m = np.zeros((B, E), bool)
+    for b, (n, edges) in enumerate(zip(N_GENES, EDGES)):
+        token_mask[b, : n + 1] = True
+        for e, (s, r, wt) in enumerate(edges):
+            snd[b, e], rcv[b, e], w[b, e], m[b, e] = s + 1, r + 1, wt, True
+    lap = normalized_laplacian(snd, rcv, w, m, num_nodes=S)
+    cls = np.zeros((B, S), bool)
+    cls[:, 0] = True
+    ctx = DiffusionContext(laplacian=lap, node_mask_BxS=jnp.asarray(token_mask), passthrough_mask_BxS=jnp.asarray(cls))
+    return q, k, v, token_mask, ctx
+
+
+def _oracle(q, k, v, token_mask, beta):
+    """float64 reference: diffuse gene queries with scipy expm, keep CLS, zero padding, masked softmax."""
+    out = np.zeros_like(q, dtype=np.float64)
+    for b, (n, edges) in enumerate(zip(N_GENES, EDGES)):
+        phi = heat_kernel_np(n, edges, beta)
+        qd = np.zeros((S, H * K))
+        qf = q[b].reshape(S, H * K).astype(np.float64)
+        qd[0] = qf[0]
+        qd[1: n + 1] = phi @ qf[1: n + 1]
+        qd = qd.reshape(S, H, K)
+        scores = np.einsum("shk,thk->hst", qd, k[b].astype(np.float64)) / np.sqrt(K)
+        scores = np.where(token_mask[b][None, None, :], scores, -np.inf)
+        wts = np.exp(scores - scores.max(-1, keepdims=True))
+        wts /= wts.sum(-1, keepdims=True)
+        out[b] = np.einsum("hst,thk->shk", wts, v[b].astype(np.float64))
+    return out
+
+
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_diffusion_attention_matches_expm_oracle(beta):
+    q, k, v, token_mask, ctx = _inputs()
+    out, _ = diffusion_attention(q, k, v, jnp.asarray(token_mask), ctx, heat_kernel_plan(beta, 1e-10))
+    ref = _oracle(q, k, v, token_mask, beta)
+    real = token_mask
+    assert_rel_close(np.asarray(out)[real], ref[real], jnp.float32, what=f"GDKA beta={beta}")
+    # the diffusion matters: plain attention is far from the oracle
+    plain, _ = dot_product_attention(q, k, v, jnp.asarray(token_mask))
+    assert np.linalg.norm(np.asarray(plain)[real] - ref[real]) > 1e-3 * np.linalg.norm(ref[real])
+
+
+def test_beta_zero_is_vanilla_attention_exactly():
+    q, k, v, token_mask, ctx = _inputs(1)
+    diff, wd = diffusion_attention(q, k, v, jnp.asarray(token_mask), ctx, heat_kernel_plan(0.0))
+    van, wv = dot_product_attention(q, k, v, jnp.asarray(token_mask))
+    np.testing.assert_array_equal(np.asarray(diff)[token_mask], np.asarray(van)[token_mask])
+    np.testing.assert_array_equal(np.asarray(wd)[:, :, token_mask[0]][0], np.asarray(wv)[:, :, token_mask[0]][0])
+
+
+def test_padded_keys_and_values_never_contribute():
+    q, k, v, token_mask, ctx = _inputs(2)
+    k2, v2 = k.copy(), v.copy()
+    k2[~token_mask] = 1e4
+    v2[~token_mask] = -1e6
+    plan = heat_kernel_plan(0.1)
+    a, w = diffusion_attention(q, k, v, jnp.asarray(token_mask), ctx, plan)
+    b, _ = diffusion_attention(q, k2, v2, jnp.asarray(token_mask), ctx, plan)
+    np.testing.assert_array_equal(np.asarray(a)[token_mask], np.asarray(b)[token_mask])
+    # masked keys get exactly zero weight
+    assert float(jnp.abs(jnp.where(jnp.asarray(token_mask)[:, None, None, :], 0.0, w)).max()) == 0.0
+
+
+def test_attention_dropout_only_in_training():
+    q, k, v, token_mask, _ = _inputs(3)
+    mask = jnp.asarray(token_mask)
+    r1, r2 = jax.random.key(1), jax.random.key(2)
+    det1, _ = dot_product_attention(q, k, v, mask, dropout_rng=r1, dropout_rate=0.5, deterministic=True)
+    det2, _ = dot_product_attention(q, k, v, mask, dropout_rng=r2, dropout_rate=0.5, deterministic=True)
+    plain, _ = dot_product_attention(q, k, v, mask)
+    np.testing.assert_array_equal(np.asarray(det1), np.asarray(det2))
+    np.testing.assert_array_equal(np.asarray(det1), np.asarray(plain))
+    tr1, _ = dot_product_attention(q, k, v, mask, dropout_rng=r1, dropout_rate=0.5, deterministic=False)
+    tr2, _ = dot_product_attention(q, k, v, mask, dropout_rng=r2, dropout_rate=0.5, deterministic=False)
+    assert not np.allclose(np.asarray(tr1), np.asarray(tr2))
+    assert not np.allclose(np.asarray(tr1), np.asarray(plain))
+
+
+def test_pallas_impl_is_refused_until_registered():
+    q, k, v, token_mask, ctx = _inputs()
+    with pytest.raises(ValueError, match="attention_impl"):
+        diffusion_attention(q, k, v, jnp.asarray(token_mask), ctx, heat_kernel_plan(0.1), impl="bogus")
