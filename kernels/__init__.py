@@ -13,6 +13,7 @@ from .chebyshev_diffusion import ChebyshevBlocks, chebyshev_diffusion, chebyshev
 from .diffusion_attention import (DiffusionAttentionBlocks, FlashBlocks, diffusion_attention,
                                   diffusion_attention_reference, masked_attention_reference,
                                   masked_flash_attention)
+from .dispatch import pallas_gdka, pallas_unavailable_reason
 from .ell import (EllLaplacian, build_ell_laplacian, check_ell, ell_degree_bound, ell_from_laplacian,
                   safe_width)
 
@@ -20,5 +21,5 @@ __all__ = [
     "ChebyshevBlocks", "DiffusionAttentionBlocks", "EllLaplacian", "FlashBlocks", "build_ell_laplacian",
     "chebyshev_diffusion", "chebyshev_diffusion_reference", "check_ell", "diffusion_attention",
     "diffusion_attention_reference", "ell_degree_bound", "ell_from_laplacian", "masked_attention_reference",
-    "masked_flash_attention", "safe_width",
+    "masked_flash_attention", "pallas_gdka", "pallas_unavailable_reason", "safe_width",
 ]

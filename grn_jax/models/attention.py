@@ -79,11 +79,18 @@ def diffusion_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, ctx: Diff
     Only queries are diffused (keys and values keep the tokens' own information).
     Returns ([B, S, H, K], weights [B, H, S, S]). `impl` selects the backend;
     "xla" is the reference composition of `diffuse_queries` and
-    `dot_product_attention`.
+    `dot_product_attention`; "pallas" runs the fused kernels on a GPU (weights
+    None) and falls back to "xla" with a logged reason elsewhere.
     """
-    if impl != "xla":
-        raise ValueError(f"attention_impl={impl!r} is not available in this build; use 'xla' "
-                         f"(the Pallas kernel registers itself in grn_jax.models.attention.diffusion_attention)")
+    if impl == "pallas":  # fused kernels (grn_jax.kernels); None = cannot run here, reason logged
+        from grn_jax.kernels.dispatch import pallas_gdka  # noqa: PLC0415
+
+        out = pallas_gdka(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, ctx.laplacian, ctx.node_mask_BxS,
+                          ctx.passthrough_mask_BxS, plan, dropout_active=not deterministic and dropout_rate > 0)
+        if out is not None:
+            return out.astype(dtype), None  # the S x S weights are never materialised
+    elif impl != "xla":
+        raise ValueError(f"attention_impl={impl!r} is unknown; use 'xla' or 'pallas'")
     q_BxSxHxK = diffuse_queries(q_BxSxHxK, ctx, plan)
     return dot_product_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, dropout_rng=dropout_rng,
                                  dropout_rate=dropout_rate, deterministic=deterministic, dtype=dtype)
@@ -135,7 +142,8 @@ class MultiHeadAttention(nn.Module):
             out, weights = dot_product_attention(q, k, v, key_mask_BxT, **common)
         else:
             raise ValueError(f"MultiHeadAttention.kind must be vanilla | diffusion | cross, got {self.kind!r}")
-        self.sow("intermediates", "weights", weights)
+        if weights is not None:  # None under attention_impl="pallas" (never materialised)
+            self.sow("intermediates", "weights", weights)
         out = nn.with_logical_constraint(out.astype(self.dtype), act_names)
         y = nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name="out",
                             kernel_init=nn.with_logical_partitioning(_DENSE_INIT, (axes.HEADS, axes.HEAD_DIM,
