@@ -32,3 +32,8 @@ from grn_jax.graphs.aucell import Regulons, aucell, regulons_from_network  # noq
 from grn_jax.graphs.cell_specific import (  # noqa: E402
     CellSpecificGRNs, CellSpecificNetworkSource, TwoGaussians, cell_specific_source, fit_cell_specific_grns,
     fit_two_gaussians, gmm_thresholds, weighted_intersection)
+
+# --- graphs for unseen cells (GREmLN §4.2): Bayesian kNN graph integration ---
+from grn_jax.graphs.integration import (  # noqa: E402
+    EdgeExclusion, ExpressionEmbedding, IntegratedNetworkSource, KnnTypePosterior, assign_networks, edge_exclusion,
+    integrate_exclusion)
