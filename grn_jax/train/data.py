@@ -106,6 +106,19 @@ class TrainData:
                 "val_split_seed": VAL_SPLIT_SEED}
 
     @property
+    def tokenization(self) -> dict:
+        """How the shards were tokenised (data config, bins, buckets, graphs): what inference must repeat.
+
+        Saved with every checkpoint (config item, key "tokenization") so `grn-jax embed`
+        tokenises new cells exactly as training did without the shards at hand.
+        """
+        m = self.store.manifest
+        return {"data_config": m["config"], "bin_spec": m["bin_spec"], "seq_buckets": m["seq_buckets"],
+                "edge_buckets": m["edge_buckets"], "with_cell_graph": bool(m.get("with_cell_graph")),
+                "content_hash": m["content_hash"], "graph": m.get("summary", {}).get("graph"),
+                "cell_graph": m.get("summary", {}).get("cell_graph")}
+
+    @property
     def example_batch(self) -> CellBatch:
         """A 1-cell batch with the loader's pytree structure (for the step's sharding specs)."""
         from grn_jax.data.collate import collate

@@ -144,7 +144,7 @@ def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainR
     rng = jax.random.key(t.seed)
     ckpt = Checkpointer(run_dir / "checkpoints", every=t.checkpoint_every, keep_last=t.keep_last,
                         keep_best=t.keep_best, async_save=t.async_checkpoint)
-    resolved = cfg.to_dict()
+    resolved = {**cfg.to_dict(), "tokenization": data.tokenization}  # read back by grn_jax.inference
     start = ckpt.latest_valid_step(report=log)
     train_iter = data.train_iterator(batch_size=t.batch_size // jax.process_count(), seed=t.seed)
     if start is None:
