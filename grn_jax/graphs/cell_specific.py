@@ -332,3 +332,25 @@ def cell_specific_source(x_NxG, gene_names: Sequence[str], networks, cell_types=
     """
     grns = fit_cell_specific_grns(x_NxG, gene_names, networks, cell_types, **fit_kwargs)
     return CellSpecificNetworkSource(grns, gene_names if vocab_genes is None else vocab_genes)
+
+
+def cell_specific_factory(networks, cell_type_column: Optional[str] = None, *, chunk_cells: int = 8192,
+                          **fit_kwargs):
+    """A `(vocab, counts) -> GraphSource` factory for `grn_jax.data.prepare(cell_graph=...)`.
+
+    Reads the opened counts (a `grn_jax.data.ingest.CountsSource`) chunk by chunk into
+    one CSR matrix, fits the cell-specific GRNs on every row (QC happens later, in the
+    pipeline, and only decides which rows are queried) and indexes them by the vocabulary.
+    """
+    def build(vocab, counts) -> CellSpecificNetworkSource:
+        x = sp.vstack([block for _, block in counts.chunks(chunk_cells)], format="csr")
+        labels = None
+        if cell_type_column is not None:
+            if cell_type_column not in counts.obs.columns:
+                raise ValueError(f"cell_type_column={cell_type_column!r} is not an obs column "
+                                 f"(columns: {list(counts.obs.columns)[:20]})")
+            labels = np.asarray(counts.obs[cell_type_column]).astype(str)
+        grns = fit_cell_specific_grns(x, counts.gene_names, networks, labels, **fit_kwargs)
+        return CellSpecificNetworkSource(grns, vocab.tokens)
+
+    return build

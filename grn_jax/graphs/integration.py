@@ -306,3 +306,18 @@ def assign_networks(train_x, train_genes: Sequence[str], train_labels: Sequence,
               "types_without_training_cells": sorted(set(excl.types) - set(labels))}
     return IntegratedNetworkSource(excl, post, query_genes if vocab_genes is None else vocab_genes,
                                    alpha=alpha, report=report)
+
+
+def integration_factory(train_x, train_genes: Sequence[str], train_labels: Sequence,
+                        networks: Mapping[str, GeneNetwork], *, chunk_cells: int = 8192, **kwargs):
+    """A `(vocab, counts) -> GraphSource` factory for `grn_jax.data.prepare(graph=...)` on query data.
+
+    The query counts (a `grn_jax.data.ingest.CountsSource`) are read chunk by chunk;
+    `kwargs` go to `assign_networks` (k, alpha, n_components, seed).
+    """
+    def build(vocab, counts) -> IntegratedNetworkSource:
+        x = sp.vstack([block for _, block in counts.chunks(chunk_cells)], format="csr")
+        return assign_networks(train_x, train_genes, train_labels, networks, x, counts.gene_names,
+                               vocab_genes=vocab.tokens, **kwargs)
+
+    return build

@@ -127,3 +127,23 @@ def test_small_type_pools_and_errors(sim):
     src = CellSpecificNetworkSource(grns, a.var_names)
     with pytest.raises(ValueError, match="outside"):
         src.cell_edges(np.array([10_000]), sp.csr_matrix((1, a.n_vars), dtype=bool))
+
+
+def test_factory_fills_cell_graph_in_prepare(sim, tmp_path):
+    import dataclasses
+
+    from grn_jax.data.config import DataConfig, IngestConfig, QCConfig
+    from grn_jax.data.pipeline import prepare
+    from grn_jax.graphs.cell_specific import cell_specific_factory
+
+    a = sim.adata
+    cfg = dataclasses.replace(DataConfig(), qc=QCConfig(min_counts=100, min_genes=10),
+                              ingest=IngestConfig(cell_type_column="cell_type"))
+    summary = prepare(a, tmp_path / "shards", cfg, cell_graph=cell_specific_factory(sim.network, "cell_type"),
+                      graph=sim.network)
+    assert summary["cells"]["cells_kept"] == a.n_obs
+    # the tokens of a cell are its expressed genes: the pipeline kept exactly our edges among them
+    grns = fit_cell_specific_grns(a.X, a.var_names, sim.network, a.obs["cell_type"].to_numpy())
+    src = CellSpecificNetworkSource(grns, a.var_names)
+    ce = src.cell_edges(np.arange(a.n_obs), sp.csr_matrix(a.X > 0))
+    assert summary["tokens"]["cell_graph_edges_kept"] == int(ce.ptr[-1]) > 0

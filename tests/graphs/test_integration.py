@@ -134,3 +134,22 @@ def test_assign_networks_errors(sim_split):
     ex = edge_exclusion(NETS)
     with pytest.raises(ValueError, match="sum to 1"):
         IntegratedNetworkSource(ex, np.array([[0.5, 0.2]]), GENES)
+
+
+def test_factory_feeds_prepare(sim_split, tmp_path):
+    import dataclasses
+
+    from grn_jax.data.config import DataConfig, QCConfig
+    from grn_jax.data.pipeline import prepare
+    from grn_jax.graphs.integration import integration_factory
+
+    a, labels, nets = sim_split
+    query = a[800:].copy()
+    del query.obs["cell_type"]  # the query's labels are not even available
+    cfg = dataclasses.replace(DataConfig(), qc=QCConfig(min_counts=100, min_genes=10))
+    summary = prepare(query, tmp_path / "q", cfg,
+                      graph=integration_factory(a.X[:600], a.var_names, labels[:600], nets, k=15, alpha=0.05))
+    src = assign_networks(a.X[:600], a.var_names, labels[:600], nets, query.X, query.var_names, k=15, alpha=0.05)
+    ce = src.cell_edges(np.arange(query.n_obs), sp.csr_matrix(query.X > 0))
+    assert summary["cells"]["cells_kept"] == query.n_obs
+    assert summary["tokens"]["edges_kept"] == int(ce.ptr[-1]) > 0
