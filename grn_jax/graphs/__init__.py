@@ -30,10 +30,10 @@ from grn_jax.graphs.coexpression import (  # noqa: E402
 # --- cell-specific GRNs (GRNFormer §3.1): AUCell + two-Gaussian thresholds ---
 from grn_jax.graphs.aucell import Regulons, aucell, regulons_from_network  # noqa: E402
 from grn_jax.graphs.cell_specific import (  # noqa: E402
-    CellSpecificGRNs, CellSpecificNetworkSource, TwoGaussians, cell_specific_source, fit_cell_specific_grns,
-    fit_two_gaussians, gmm_thresholds, weighted_intersection)
+    CellSpecificGRNs, CellSpecificNetworkSource, TwoGaussians, cell_specific_factory, cell_specific_source,
+    fit_cell_specific_grns, fit_two_gaussians, gmm_thresholds, weighted_intersection)
 
 # --- graphs for unseen cells (GREmLN §4.2): Bayesian kNN graph integration ---
 from grn_jax.graphs.integration import (  # noqa: E402
     EdgeExclusion, ExpressionEmbedding, IntegratedNetworkSource, KnnTypePosterior, assign_networks, edge_exclusion,
-    integrate_exclusion)
+    integrate_exclusion, integration_factory)
