@@ -33,6 +33,10 @@ from grn_jax.types import GeneNetwork
 ESTIMATORS = ("gaussian", "adaptive")
 
 
+class EmptyNetworkError(ValueError):
+    """No edge survived (threshold, DPI, consensus): raised instead of returning an empty network."""
+
+
 @dataclasses.dataclass(frozen=True)
 class AracneConfig:
     """Parameters of one ARACNe run; all of them are written into every network's params."""
@@ -218,8 +222,8 @@ def consensus(edges_BxRxG: np.ndarray, mi_BxRxG: np.ndarray, candidates_RxG: np.
     support = edges_BxRxG.sum(axis=0)
     p0 = float(support.sum()) / (b * m) if m else 0.0
     if p0 <= 0.0:
-        raise ValueError("every subnetwork is empty: no edge passed the MI threshold in any run; "
-                         "lower mi_pvalue or use more cells")
+        raise EmptyNetworkError("every subnetwork is empty: no edge passed the MI threshold in any run; "
+                                "lower mi_pvalue or use more cells")
     pval = np.where(support > 0, stats.binom.sf(support - 1, b, p0), 1.0)
     adj = np.ones_like(pval)
     adj[candidates_RxG] = stats.false_discovery_control(pval[candidates_RxG], method="bh")
@@ -308,6 +312,11 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
         n_passed.append(int((passed & candidates).sum()))
         n_kept.append(int((kept & candidates).sum()))
 
+    if runs > 1 and not any(k.any() for k in kept_B):
+        raise EmptyNetworkError(
+            f"{name or 'group'}: no edge passed the MI threshold {threshold:.4g} (p={cfg.mi_pvalue}) in any of "
+            f"{runs} runs ({n} cells, {reg_idx.size} regulators, {len(genes)} genes); use more cells or a larger "
+            "mi_pvalue")
     if runs > 1:
         cons = consensus(np.stack(kept_B), np.stack(mi_B), candidates, cfg.fdr)
         keep, pval, mi_val = cons.keep_RxG, cons.pvalue_RxG, cons.mean_mi_RxG
@@ -321,7 +330,7 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
         if runs > 1:
             why = (f"; the {runs}-run consensus has edge density p0={extra['consensus_p0']:.3g}, so even an edge "
                    f"found in every run has p={extra['consensus_p0'] ** runs:.3g}: use more bootstraps")
-        raise ValueError(
+        raise EmptyNetworkError(
             f"{name or 'group'}: the network is empty ({n} cells, {reg_idx.size} regulators, {len(genes)} genes, "
             f"MI threshold {threshold:.4g} at p={cfg.mi_pvalue}, edges passing per run {n_passed}{why}). "
             "Use more cells, a larger mi_pvalue or more genes")

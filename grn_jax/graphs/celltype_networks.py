@@ -220,27 +220,36 @@ def infer_cell_type_networks(
     pooled = None
     for t, c in it:  # one ARACNe run per cell type (a handful), each vectorised inside
         t0 = time.perf_counter()
-        if c < min_cells:
-            if fallback == "skip":
-                rows.append(dict(cell_type=t, n_cells=int(c), status="skipped: below min_cells", n_edges=0))
-                continue
-            if pooled is None:
-                pooled = _network_for_group(x, genes, regs, config, POOLED, subnetworks, min_cells, cluster_kw)
-                networks[POOLED] = pooled
-            networks[t] = pooled
-            rows.append(dict(cell_type=t, n_cells=int(c), status=f"fallback: pooled network of all {adata.n_obs} cells",
-                             n_edges=pooled.num_edges, mi_threshold=pooled.params.get("mi_threshold"),
-                             n_genes_constant_excluded=pooled.params["n_genes_constant_excluded"]))
+        reason = "below min_cells" if c < min_cells else None
+        if reason is None:
+            try:
+                net = _network_for_group(x[labels == t], genes, regs, config, str(t), subnetworks, min_cells,
+                                         cluster_kw)
+            except aracne.EmptyNetworkError as e:
+                if fallback == "error":
+                    raise
+                reason = f"own network empty ({e})"
+        if reason is None:
+            networks[t] = net
+            rows.append(dict(cell_type=t, n_cells=int(c), status="inferred", n_edges=net.num_edges,
+                             n_regulators=net.params.get("n_regulators"), mi_threshold=net.params.get("mi_threshold"),
+                             n_genes_constant_excluded=net.params["n_genes_constant_excluded"],
+                             seconds=round(time.perf_counter() - t0, 3)))
             continue
-        net = _network_for_group(x[labels == t], genes, regs, config, str(t), subnetworks, min_cells, cluster_kw)
-        networks[t] = net
-        rows.append(dict(cell_type=t, n_cells=int(c), status="inferred", n_edges=net.num_edges,
-                         n_regulators=net.params.get("n_regulators"), mi_threshold=net.params.get("mi_threshold"),
-                         n_genes_constant_excluded=net.params["n_genes_constant_excluded"],
-                         seconds=round(time.perf_counter() - t0, 3)))
+        if fallback == "skip":
+            rows.append(dict(cell_type=t, n_cells=int(c), status=f"skipped: {reason}", n_edges=0))
+            continue
+        if pooled is None:
+            pooled = _network_for_group(x, genes, regs, config, POOLED, subnetworks, min_cells, cluster_kw)
+            networks[POOLED] = pooled
+        networks[t] = pooled
+        rows.append(dict(cell_type=t, n_cells=int(c), n_edges=pooled.num_edges,
+                         status=f"fallback: pooled network of all {adata.n_obs} cells; {reason}",
+                         mi_threshold=pooled.params.get("mi_threshold"),
+                         n_genes_constant_excluded=pooled.params["n_genes_constant_excluded"]))
     if not any(isinstance(v, GeneNetwork) for v in networks.values()):
-        raise ValueError(f"no network was inferred: every cell type has fewer than min_cells={min_cells} cells "
-                         f"and fallback='skip' ({ {t: int(c) for t, c in zip(types, counts)} })")
+        raise ValueError(f"no network was inferred: every cell type was below min_cells={min_cells} or gave an "
+                         f"empty network, and fallback='skip' ({ {t: int(c) for t, c in zip(types, counts)} })")
     params = {"label_source": label_source, "min_cells": min_cells, "fallback": fallback, "subnetworks": subnetworks,
               "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars), "layer": layer,
               "n_regulators_given": len(set(map(str, regulators))), "n_regulators_in_data": len(regs),

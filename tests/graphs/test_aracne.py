@@ -225,6 +225,16 @@ def test_cell_type_networks_with_fallbacks(typed, tmp_path):
     with pytest.raises(ValueError, match=r"fewer than min_cells=40.*'rare': 3"):
         ctn.infer_cell_type_networks(s.adata, cell_type_key="ct", regulators=tfs, config=cfg, min_cells=40,
                                      fallback="error")
+    # A type large enough by count whose own network comes out empty falls back too, and says why.
+    ad = s.adata.copy()
+    ad.obs.loc[ad.obs_names[3:15], "ct"] = "small"
+    res = ctn.infer_cell_type_networks(ad, cell_type_key="ct", regulators=tfs, config=cfg, min_cells=10)
+    status = res.summary.set_index("cell_type").loc["small", "status"]
+    assert status.startswith("fallback: pooled") and "own network empty" in status
+    assert res.networks["small"] is res.networks[ctn.POOLED]
+    with pytest.raises(aracne.EmptyNetworkError, match="small"):
+        ctn.infer_cell_type_networks(ad[ad.obs["ct"] != "rare"].copy(), cell_type_key="ct", regulators=tfs,
+                                     config=cfg, min_cells=10, fallback="error")
     with pytest.raises(ValueError, match="cell_type_key 'nope'"):
         ctn.infer_cell_type_networks(s.adata, cell_type_key="nope", regulators=tfs, config=cfg)
 
