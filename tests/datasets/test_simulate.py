@@ -145,8 +145,9 @@ def test_named_knockouts_and_errors():
 
 @pytest.mark.slow
 def test_scale_100k_cells():
+    # CPU seconds, not wall time: the check must not depend on what else the machine runs
     import time
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     d = simulate(n_cells=100_000, n_genes=2000, seed=0)
     assert d.adata.shape == (100_000, 2000)
-    assert time.perf_counter() - t0 < 60
+    assert time.process_time() - t0 < 60
