@@ -8,6 +8,7 @@ from jax.sharding import PartitionSpec as P
 from grn_jax.testing import assert_allclose
 from grn_jax.train import sharding as sh
 from grn_jax.train.config import MeshConfig, TrainConfig
+from tests.train.test_step import SMOOTH
 from grn_jax.train.optim import make_optimizer
 from grn_jax.train.state import init_sharded_state
 from grn_jax.train.step import jit_train_step, make_train_step
@@ -38,12 +39,19 @@ def _one_step(shape, cfg, batch):
     return state, jax.device_get(metrics), init
 
 
+def _initial_w1():
+    batch = toy.toy_batch(8)
+    return np.asarray(toy.ToyModel().init(jax.random.key(0), batch)["params"]["w1"].unbox())
+
+
 @pytest.fixture(scope="module")
 def reference():
-    cfg = TrainConfig(steps=10, batch_size=8)
+    cfg = TrainConfig(steps=10, batch_size=8, optim=SMOOTH)
     batch = toy.toy_batch(8)
-    state, metrics, _ = _one_step((1, 1, 1), cfg, batch)
-    return cfg, batch, jax.device_get(state.params), metrics
+    state, metrics, init = _one_step((1, 1, 1), cfg, batch)
+    params = jax.device_get(state.params)
+    assert not np.allclose(params["w1"], _initial_w1())  # the step moved the parameters
+    return cfg, batch, params, metrics
 
 
 @pytest.mark.parametrize("shape", [
