@@ -34,14 +34,15 @@ MODES = ("coexpression", "random")
 
 
 def expressed_positions(batch: TokenBatch, bin_spec: BinSpec) -> jax.Array:
-    """bool [B, S]: positions whose true bin is an expressed bin (1..n_bins-1).
+    """bool [B, S]: positions whose *visible* bin is an expressed bin (1..n_bins-1).
 
-    Masked positions carry MASK in `bins`; their true bin is in `targets`, so the
-    masking of the MLM objective does not change which genes count as expressed.
+    Masked positions (MASK id) do not count: G_co is built from the masked input, as
+    GRNFormer's Algorithm 1 does; reading their true bins from `targets` would leak
+    the MLM targets into the graph.
     """
-    true_bins = jnp.where(batch.loss_mask, batch.targets, batch.bins)
     pos = jnp.arange(batch.gene_ids.shape[1])[None, :]
-    return batch.token_mask & (pos >= 1) & (true_bins >= 1) & (true_bins < bin_spec.n_bins)
+    bins = jnp.asarray(batch.bins)
+    return jnp.asarray(batch.token_mask, bool) & (pos >= 1) & (bins >= 1) & (bins < bin_spec.n_bins)
 
 
 def coexpression_adjacency(expressed_BxS: jax.Array) -> jax.Array:
