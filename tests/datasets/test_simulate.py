@@ -143,6 +143,17 @@ def test_named_knockouts_and_errors():
         simulate(n_cells=10, n_genes=50, n_tfs=3, n_cell_types=5)
 
 
+def test_h5ad_round_trip(tmp_path):
+    import anndata as ad
+
+    d = simulate(n_cells=200, n_genes=60, n_tfs=6, seed=5)
+    d.adata.write_h5ad(tmp_path / "sim.h5ad")
+    back = ad.read_h5ad(tmp_path / "sim.h5ad")
+    assert (back.X != d.adata.X).nnz == 0
+    assert list(back.uns["simulation"]["knockouts"]) == d.adata.uns["simulation"]["knockouts"]
+    np.testing.assert_array_equal(back.obs["perturbation"], d.adata.obs["perturbation"])
+
+
 @pytest.mark.slow
 def test_scale_100k_cells():
     # CPU seconds, not wall time: the check must not depend on what else the machine runs
