@@ -179,6 +179,28 @@ def _add_grn(sub) -> None:
     a.set_defaults(func=run_assign)
 
 
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain (or resume) a model from an experiment YAML; --compile-only to "
+                                        "check memory/FLOPs of a mesh")
+    p.add_argument("--config", required=True, help="run config, e.g. experiments/configs/tiny.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field, e.g. --set train.steps=20 (repeatable)")
+    p.add_argument("--compile-only", action="store_true",
+                   help="lower + compile the sharded step on abstract inputs; print per-device memory and FLOPs")
+    p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                   help="run on N simulated CPU devices (check a pod mesh on a workstation)")
+    p.add_argument("--seq-len", type=int, default=None, help="compile-only bucket length (default: data config)")
+    p.add_argument("--num-edges", type=int, default=None, help="compile-only edge budget (default: data config)")
+
+    def run(args) -> int:
+        from grn_jax.train.main import pretrain_command
+
+        return pretrain_command(args.config, args.overrides, compile_only=args.compile_only,
+                                cpu_devices=args.cpu_devices, seq_len=args.seq_len, num_edges=args.num_edges)
+
+    p.set_defaults(func=run)
+
+
 _REGISTRARS: list[Callable] = [
     _add_version,
     _add_model,
@@ -186,6 +208,7 @@ _REGISTRARS: list[Callable] = [
     _add_quickstart,
     _add_profile,
     _add_grn,
+    _add_pretrain,
 ]
 
 

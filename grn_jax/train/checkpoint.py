@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -28,6 +29,16 @@ import jax
 import orbax.checkpoint as ocp
 
 INTEGRITY_FILE = "grn_jax_integrity.json"
+
+
+class _NoMetricsWarning(logging.Filter):
+    """Orbax warns on every save without metrics; most of ours have none by design (no validation that step)."""
+
+    def filter(self, record):
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMetricsWarning())
 ITEMS = ("state", "data", "config", "vocab")
 
 
