@@ -32,9 +32,14 @@ def fusion_attention_weights(model: GREmLN, variables, batch: TokenBatch) -> jax
     """Cross-attention weights of the fusion layer at inference: [B, H, S(query), S(key)]."""
     if model.config.adapter is None:
         raise ValueError("the model has no GRNFormer adapter (config.adapter is None): no fusion attention")
-    _, state = model.apply(variables, batch, deterministic=True, mutable=["intermediates"])
-    (weights,) = state["intermediates"]["adapter"]["fusion"]["weights"]
-    return weights
+
+    @jax.jit
+    def weights(v, b):
+        _, state = model.apply(v, b, deterministic=True, mutable=["intermediates"])
+        (w,) = state["intermediates"]["adapter"]["fusion"]["weights"]
+        return w
+
+    return weights(variables, batch)
 
 
 def attention_importance(model: GREmLN, variables, batch: TokenBatch) -> jax.Array:
