@@ -179,6 +179,32 @@ def _add_grn(sub) -> None:
     a.set_defaults(func=run_assign)
 
 
+def _add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate counts from a random signed GRN (cell types, knockouts)")
+    p.add_argument("--out", required=True, help="output folder: data.h5ad, network.tsv, edge_signs.tsv, summary.json")
+    p.add_argument("--cells", type=int, default=2000)
+    p.add_argument("--genes", type=int, default=500)
+    p.add_argument("--tfs", type=int, default=None, help="number of TFs (default: genes / 10)")
+    p.add_argument("--cell-types", type=int, default=3)
+    p.add_argument("--knockouts", type=int, default=3, help="knock out this many hub TFs")
+    p.add_argument("--knockout-fraction", type=float, default=0.2, help="fraction of cells carrying a knockout")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+    def run(args) -> int:
+        import json
+
+        from grn_jax.datasets import simulate_to_dir
+
+        summary = simulate_to_dir(args.out, overwrite=args.overwrite, n_cells=args.cells, n_genes=args.genes,
+                                  n_tfs=args.tfs, n_cell_types=args.cell_types, knockouts=args.knockouts,
+                                  knockout_fraction=args.knockout_fraction, seed=args.seed)
+        print(json.dumps({k: v for k, v in summary.items() if k != "arguments"}, indent=2))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain (or resume) a model from an experiment YAML; --compile-only to "
                                         "check memory/FLOPs of a mesh")
@@ -208,6 +234,7 @@ _REGISTRARS: list[Callable] = [
     _add_quickstart,
     _add_profile,
     _add_grn,
+    _add_simulate,
     _add_pretrain,
 ]
 

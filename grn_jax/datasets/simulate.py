@@ -296,3 +296,39 @@ def _simulate_block(rng, cell_type, ko, library, *, n_genes, masters, reg_tfs, a
         counts.data[rng.random(counts.nnz) < p] = 0
         counts.eliminate_zeros()
     return counts
+
+
+def simulate_to_dir(out_dir, *, overwrite: bool = False, **kwargs) -> dict:
+    """Simulate (`simulate(**kwargs)`) and write OUT/data.h5ad, OUT/network.tsv (ground truth,
+    mi = |w|, with its params), OUT/edge_signs.tsv (regulator, target, sign) and OUT/summary.json.
+
+    Returns the summary (cells per type and perturbation, genes, TFs, edges, files).
+    """
+    import json
+    import os
+
+    from grn_jax.graphs.network_io import write_network
+
+    paths = {name: os.path.join(out_dir, name) for name in ("data.h5ad", "network.tsv", "edge_signs.tsv",
+                                                             "summary.json")}
+    existing = [p for p in paths.values() if os.path.exists(p)]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]} exists; pass overwrite=True (--overwrite) or choose another output folder")
+    sim = simulate(**kwargs)
+    os.makedirs(out_dir, exist_ok=True)
+    sim.adata.write_h5ad(paths["data.h5ad"])
+    write_network(sim.network, paths["network.tsv"])
+    pd.DataFrame({"regulator": sim.network.regulator, "target": sim.network.target, "sign": sim.sign}).to_csv(
+        paths["edge_signs.tsv"], sep="\t", index=False)
+    obs = sim.adata.obs
+    summary = {
+        "cells": int(sim.adata.n_obs), "genes": int(sim.adata.n_vars), "tfs": int(sim.adata.var["is_tf"].sum()),
+        "edges": int(sim.network.num_edges), "repressions": int((sim.sign < 0).sum()),
+        "cells_per_type": {str(k): int(v) for k, v in obs["cell_type"].value_counts(sort=False).items()},
+        "cells_per_perturbation": {str(k): int(v) for k, v in obs["perturbation"].value_counts(sort=False).items()},
+        "nonzero_fraction": float(sim.adata.X.nnz / max(1, sim.adata.n_obs * sim.adata.n_vars)),
+        "arguments": sim.adata.uns["simulation"], "files": paths,
+    }
+    with open(paths["summary.json"], "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    return summary

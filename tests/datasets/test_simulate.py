@@ -154,6 +154,24 @@ def test_h5ad_round_trip(tmp_path):
     np.testing.assert_array_equal(back.obs["perturbation"], d.adata.obs["perturbation"])
 
 
+def test_simulate_cli_writes_files(tmp_path):
+    import json
+
+    from grn_jax.cli import main
+    from grn_jax.graphs.network_io import read_network
+
+    out = tmp_path / "sim"
+    assert main(["simulate", "--out", str(out), "--cells", "150", "--genes", "40", "--tfs", "5", "--seed", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    direct = simulate(n_cells=150, n_genes=40, n_tfs=5, seed=2)
+    net = read_network(out / "network.tsv")
+    np.testing.assert_array_equal(np.asarray(net.target).astype(str), direct.network.target)
+    np.testing.assert_allclose(net.mi, direct.network.mi, rtol=1e-9)
+    assert summary["edges"] == direct.network.num_edges and summary["cells"] == 150
+    with pytest.raises(ValueError, match="overwrite"):
+        main(["simulate", "--out", str(out), "--cells", "150", "--genes", "40", "--tfs", "5"])
+
+
 @pytest.mark.slow
 def test_scale_100k_cells():
     # CPU seconds, not wall time: the check must not depend on what else the machine runs
