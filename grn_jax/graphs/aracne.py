@@ -191,7 +191,15 @@ def dpi_prune(mi_RxG: np.ndarray, reg_idx: np.ndarray, tolerance: float = 0.0) -
     tolerance). All removals are decided on the pre-DPI network (as ARACNe).
     """
     mi_RxG = np.asarray(mi_RxG, np.float32)
-    witness = np.asarray(_dpi_witness(jnp.asarray(mi_RxG), jnp.asarray(reg_idx, jnp.int32)))
+    (r, g), reg_idx = mi_RxG.shape, np.asarray(reg_idx)
+    # Pad to buckets (one compile for similar sizes): padded rows/columns hold MI 0, i.e. no edge, and
+    # padded regulators point at a padded (all-zero) column, so they witness nothing.
+    r_pad, g_pad = mi_lib.bucket(r, minimum=8), mi_lib.bucket(g + 1)
+    mi_pad = np.zeros((r_pad, g_pad), np.float32)
+    mi_pad[:r, :g] = mi_RxG
+    reg_pad = np.full(r_pad, g_pad - 1, np.int32)
+    reg_pad[:r] = reg_idx
+    witness = np.asarray(_dpi_witness(jnp.asarray(mi_pad), jnp.asarray(reg_pad)))[:r, :g]
     return (mi_RxG > 0) & ~(mi_RxG < (1.0 - tolerance) * witness)
 
 

@@ -101,14 +101,23 @@ def copula_scores(x_NxG: np.ndarray, genes: Optional[Sequence[str]] = None, *,
     return z_NxG.astype(np.float32)
 
 
+def bucket(n: int, minimum: int = 64) -> int:
+    """Round n up to a static-shape bucket: a multiple of 2^(floor(log2 n) - 2) (at least `minimum`), so
+    under 25 % padding and only a few distinct shapes (hence compiles) across cell types and bootstraps."""
+    n = max(int(n), 1)
+    step = max(minimum, 1 << max(0, n.bit_length() - 3))
+    return -(-n // step) * step
+
+
 @functools.partial(jax.jit, static_argnames=("block",))
-def _gc_mi_blocks(zr_NxR: jax.Array, zg_NxG: jax.Array, block: int) -> jax.Array:
+def _gc_mi_blocks(zr_NxR: jax.Array, zg_NxG: jax.Array, n_cells: jax.Array, block: int) -> jax.Array:
+    """Zero-padded cells add nothing to the dot products; `n_cells` is the true count."""
     n, g = zg_NxG.shape
     nb = g // block
     zg_BxNxK = jnp.moveaxis(zg_NxG.reshape(n, nb, block), 1, 0)
 
     def one(zb_NxK):
-        r_RxK = jnp.einsum("nr,nk->rk", zr_NxR, zb_NxK, precision=jax.lax.Precision.HIGHEST) / n
+        r_RxK = jnp.einsum("nr,nk->rk", zr_NxR, zb_NxK, precision=jax.lax.Precision.HIGHEST) / n_cells
         r2_RxK = jnp.minimum(r_RxK * r_RxK, 1.0 - 1e-7)
         return -0.5 * jnp.log1p(-r2_RxK)
 
@@ -119,8 +128,10 @@ def _gc_mi_blocks(zr_NxR: jax.Array, zg_NxG: jax.Array, block: int) -> jax.Array
 def gaussian_copula_mi(z_NxR: np.ndarray, z_NxG: np.ndarray, *, block: int = 512) -> np.ndarray:
     """MI [R, G] (nats) between copula scores of regulators and genes (from `copula_scores`).
 
-    Genes are padded to a multiple of `block` and processed one block at a time
-    under `lax.map`, so peak extra memory is `R x block` per step.
+    Cells, regulators and genes are zero-padded to buckets (`bucket`; genes to a
+    multiple of `block`) so cell types and bootstraps of similar size share one
+    compiled kernel; genes are processed one block at a time under `lax.map`, so
+    peak extra memory is `R x block` per step.
     """
     z_NxR = np.asarray(z_NxR, np.float32)
     z_NxG = np.asarray(z_NxG, np.float32)
@@ -128,12 +139,17 @@ def gaussian_copula_mi(z_NxR: np.ndarray, z_NxG: np.ndarray, *, block: int = 512
         raise ValueError(f"regulator scores have {z_NxR.shape[0]} cells, gene scores {z_NxG.shape[0]}")
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
-    g = z_NxG.shape[1]
-    block = min(block, max(g, 1))
-    pad = (-g) % block
-    zg = np.pad(z_NxG, ((0, 0), (0, pad))) if pad else z_NxG
-    mi = _gc_mi_blocks(jnp.asarray(z_NxR), jnp.asarray(zg), block)
-    return np.asarray(mi)[:, :g]
+    (n, r), g = z_NxR.shape, z_NxG.shape[1]
+    g_pad = bucket(g)
+    block = min(block, g_pad)
+    g_pad = -(-g_pad // block) * block
+    n_pad, r_pad = bucket(n), bucket(r, minimum=8)
+    zr = np.zeros((n_pad, r_pad), np.float32)
+    zr[:n, :r] = z_NxR
+    zg = np.zeros((n_pad, g_pad), np.float32)
+    zg[:n, :g] = z_NxG
+    mi = _gc_mi_blocks(jnp.asarray(zr), jnp.asarray(zg), jnp.float32(n), block)
+    return np.asarray(mi)[:r, :g]
 
 
 def gaussian_mi_closed_form(rho) -> np.ndarray:

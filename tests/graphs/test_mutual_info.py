@@ -123,3 +123,10 @@ def test_bad_input_names_cell_and_gene():
         mi.copula_scores(x, genes=["A", "B", "C"])
     with pytest.raises(ValueError, match="at least 8 cells"):
         mi.adaptive_partition_mi(np.arange(5)[:, None], np.arange(5)[:, None])
+
+
+def test_bucket_bounds_padding():
+    for n in (1, 63, 64, 65, 300, 700, 1000, 4097, 20_000):
+        b = mi.bucket(n)
+        assert b >= n and b % 64 == 0 and (n < 256 or b <= 1.25 * n), (n, b)
+    assert mi.bucket(700) == mi.bucket(650) == 768  # similar sizes share a compiled shape
