@@ -230,7 +230,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--max-dense-s", type=int, default=2048, help="skip the O(S^3) eig baseline above this S")
     args = p.parse_args()
-    result = run(args)
+    # float32 means float32 on every path (XLA's GPU default for float32 dots is TF32).
+    with jax.default_matmul_precision("highest" if args.dtype == "float32" else "default"):
+        result = run(args)
     write(result)
     print(f"wrote {RESULTS / 'kernels.md'} and {RESULTS / 'kernels.json'}")
 

@@ -15,10 +15,10 @@ from grn_jax.testing import assert_rel_close
 from .graph_cases import dense_laplacian_np, diffuse_expm_np, heat_coeffs, random_graph_batch
 
 
-def _case(seed, b, s, c, e, n_real, dtype=jnp.float32, width=None):
+def _case(seed, b, s, c, e, n_real, dtype=jnp.float32, width=None, multiple=8):
     rng = np.random.default_rng(seed)
     snd, rcv, w, em, tm = random_graph_batch(rng, b, s, e, n_real)
-    width = width or ell_degree_bound(snd, rcv, em, s)
+    width = width or ell_degree_bound(snd, rcv, em, s, multiple=multiple)
     ell = build_ell_laplacian(snd, rcv, w, em, tm, width=width)
     q = jnp.asarray(rng.normal(size=(b, s, c)), dtype)
     return (snd, rcv, w, em, tm), ell, q
@@ -118,7 +118,7 @@ def test_validation_errors():
     (128, 16, 13, 16, 32, 16, jnp.bfloat16), (48, 24, 64, 8, 16, 8, jnp.float32),
 ])
 def test_kernel_sweep_slow(s, c, k_terms, bc, br, bd, dtype):
-    _, ell, q = _case(s * k_terms, 2, s, c, 3 * s, [s, s // 2 + 1], dtype, width=16)
+    _, ell, q = _case(s * k_terms, 2, s, c, 3 * s, [s, s // 2 + 1], dtype, multiple=bd)
     coeffs = jnp.asarray(heat_coeffs(0.5, k_terms), jnp.float32)
     g = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), dtype)
     out, dq = _kernel_and_vjp(q, ell, coeffs, g, ChebyshevBlocks(block_cols=bc, block_rows=br, block_degree=bd))
@@ -137,6 +137,12 @@ def _has_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not _has_gpu(), reason="needs a GPU (Pallas-Triton lowering)")
 class TestGpu:
+    @pytest.fixture(autouse=True)
+    def _float32_matmuls(self):
+        # XLA's GPU default for float32 dots is TF32; the references must really be float32.
+        with jax.default_matmul_precision("highest"):
+            yield
+
     @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
     def test_compiled_kernel_matches_reference(self, dtype):
         rng = np.random.default_rng(0)
