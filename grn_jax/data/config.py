@@ -120,7 +120,7 @@ class ShardConfig:
     """cells_per_shard: cells per shard folder; chunk_cells: cells processed at once (memory bound)."""
 
     cells_per_shard: int = 65_536
-    chunk_cells: int = 4_096
+    chunk_cells: int = 512
 
     def validate(self) -> None:
         if self.cells_per_shard < 1:

@@ -52,10 +52,17 @@ def _column_map(src: CountsSource, vocab: GeneVocab) -> tuple[np.ndarray, dict]:
 
 
 def _to_vocab_columns(block: sp.csr_matrix, col_ids: np.ndarray, vocab_size: int) -> sp.csr_matrix:
-    keep = col_ids[block.indices] >= 0
-    rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))[keep]
-    out = sp.csr_matrix((block.data[keep], (rows, col_ids[block.indices[keep]])), shape=(block.shape[0], vocab_size))
-    out.sort_indices()
+    """Re-index a CSR block's columns to vocabulary ids, dropping genes outside the vocabulary."""
+    mapped = col_ids[block.indices]
+    keep = mapped >= 0
+    if keep.all():
+        indptr = block.indptr
+    else:
+        indptr = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])[block.indptr]
+        mapped = mapped[keep]
+    out = sp.csr_matrix((block.data[keep] if not keep.all() else block.data, mapped, indptr),
+                        shape=(block.shape[0], vocab_size))
+    out.sort_indices()  # no-op when the vocabulary keeps the data's gene order
     return out
 
 

@@ -107,25 +107,39 @@ def tokenize_block(block: sp.csr_matrix, totals: np.ndarray, cell_index: np.ndar
     """
     block = sp.csr_matrix(block)
     block.eliminate_zeros()
+    block.sort_indices()
     n, vocab_size = block.shape
     cell_index = np.asarray(cell_index, np.int64)
-    values = block if normalized_input else normalize_log1p(block, totals, cfg.target_sum)
-
-    # 1. rank bins over every expressed vocabulary gene
-    order = row_value_order(block.indptr, block.data)
-    bins_sorted = sorted_rank_bins(block.indptr, block.data[order], cfg.n_bins)
-    rows_sorted = np.repeat(np.arange(n, dtype=np.int64), np.diff(block.indptr))  # row of sorted slot = row of slot
-    # 2. keep the max_genes highest (ties: higher gene index first, deterministic)
-    from_end = block.indptr[rows_sorted + 1] - 1 - np.arange(len(order))
-    keep = from_end < cfg.max_genes
     counts = dict.fromkeys(_COUNT_KEYS, 0)
-    counts["genes_truncated"] = int((~keep).sum())
-    counts["cells_truncated"] = int((np.diff(block.indptr) > cfg.max_genes).sum())
-    sel = order[keep]
-    rows = rows_sorted[keep]
-    genes = block.indices[sel].astype(np.int64)
-    bins = bins_sorted[keep]
-    vals = values.data[sel].astype(np.float32)
+    per_cell = np.diff(block.indptr)
+
+    # 1. rank bins over every expressed vocabulary gene (sorted space), scattered back to CSR order
+    order = row_value_order(block.indptr, block.data)
+    bins_csr = np.empty(block.nnz, np.int32)
+    bins_csr[order] = sorted_rank_bins(block.indptr, block.data[order], cfg.n_bins)
+    # 2. keep the max_genes highest (ties: higher gene index kept first, deterministic)
+    keep = None
+    if np.any(per_cell > cfg.max_genes):
+        from_end = np.repeat(block.indptr[1:] - 1, per_cell) - np.arange(block.nnz)  # rank from the top, sorted
+        keep = np.empty(block.nnz, bool)
+        keep[order] = from_end < cfg.max_genes
+        counts["genes_truncated"] = int(block.nnz - keep.sum())
+        counts["cells_truncated"] = int((per_cell > cfg.max_genes).sum())
+    if keep is None:  # CSR order is already (cell, vocabulary id)
+        token_ptr = block.indptr.astype(np.int64)
+        genes, bins, raw = block.indices, bins_csr, block.data
+    else:
+        idx = np.flatnonzero(keep)
+        token_ptr = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])[block.indptr]
+        genes, bins, raw = block.indices.take(idx), bins_csr.take(idx), block.data.take(idx)
+    lengths = np.diff(token_ptr)
+    rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    if normalized_input:
+        vals = raw.astype(np.float32)
+    else:
+        kept = sp.csr_matrix((raw, genes, token_ptr), shape=block.shape)
+        vals = normalize_log1p(kept, totals, cfg.target_sum).data.astype(np.float32)
+    genes = genes.astype(np.int64)
 
     # 3. optional graph neighbours of expressed genes as bin-0 tokens, within the budget
     if cfg.add_neighbours and graph_source is not None:
@@ -142,11 +156,10 @@ def tokenize_block(block: sp.csr_matrix, totals: np.ndarray, cell_index: np.ndar
         genes = np.concatenate([genes, nb.indices[ok].astype(np.int64)])
         bins = np.concatenate([bins, np.zeros(int(ok.sum()), np.int32)])
         vals = np.concatenate([vals, np.zeros(int(ok.sum()), np.float32)])
-
-    # 4. token order: by cell, then vocabulary id
-    tok_order = np.argsort(rows * vocab_size + genes, kind="stable")
-    rows, genes, bins, vals = rows[tok_order], genes[tok_order], bins[tok_order], vals[tok_order]
-    token_ptr = _ptr(rows, n)
+        # 4. token order: by cell, then vocabulary id
+        tok_order = np.argsort(rows * vocab_size + genes, kind="stable")
+        rows, genes, bins, vals = rows[tok_order], genes[tok_order], bins[tok_order], vals[tok_order]
+        token_ptr = _ptr(rows, n)
     gene_ids = genes.astype(np.int32)
 
     # 5. graphs among the cell's tokens, as token positions
