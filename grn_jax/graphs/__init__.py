@@ -14,7 +14,8 @@ from grn_jax.graphs.mutual_info import (  # noqa: E402
     adaptive_partition_mi, adaptive_partition_mi_matrix, constant_columns, copula_scores, gaussian_copula_mi,
     gaussian_mi_closed_form, rank_transform)
 from grn_jax.graphs.aracne import (  # noqa: E402
-    AracneConfig, Consensus, MINull, consensus, dpi_prune, fit_null, infer_network, permutation_null)
+    AracneConfig, Consensus, EmptyNetworkError, MINull, consensus, consensus_from_counts, dpi_prune, fit_null,
+    infer_network, permutation_null)
 from grn_jax.graphs.celltype_networks import (  # noqa: E402
     CellTypeNetworks, cluster_cells, consensus_networks, infer_cell_type_networks)
 from grn_jax.graphs.network_dir import (  # noqa: E402

@@ -19,6 +19,7 @@ Pipeline (Margolin et al. 2006; ARACNe-AP, Lachmann et al. 2016; GREmLN A.1):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Optional, Sequence
 
@@ -171,15 +172,18 @@ def fit_null(null_mi: np.ndarray, tail_fraction: float = 0.05) -> MINull:
 # ----------------------------------------------------------------------------- DPI
 
 
-@jax.jit
-def _dpi_witness(mi_RxG: jax.Array, reg_idx: jax.Array) -> jax.Array:
-    """witness[r, g] = max over regulators r2 of min(MI(r, r2), MI(r2, g))."""
+@functools.partial(jax.jit, static_argnames=("batch",))
+def _dpi_witness(mi_RxG: jax.Array, reg_idx: jax.Array, batch: int = 8) -> jax.Array:
+    """witness[r, g] = max over regulators r2 of min(MI(r, r2), MI(r2, g)); `batch` rows at a time."""
     mi_RxR = mi_RxG[:, reg_idx]
 
     def row(a_R):
         return jnp.max(jnp.minimum(a_R[:, None], mi_RxG), axis=0)
 
-    return jax.lax.map(row, mi_RxR, batch_size=8)
+    return jax.lax.map(row, mi_RxR, batch_size=batch)
+
+
+_DPI_BATCH_ELEMS = 1 << 25  # rows per DPI step so that batch x R x G stays ~128 MiB of float32
 
 
 def dpi_prune(mi_RxG: np.ndarray, reg_idx: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
@@ -199,7 +203,8 @@ def dpi_prune(mi_RxG: np.ndarray, reg_idx: np.ndarray, tolerance: float = 0.0) -
     mi_pad[:r, :g] = mi_RxG
     reg_pad = np.full(r_pad, g_pad - 1, np.int32)
     reg_pad[:r] = reg_idx
-    witness = np.asarray(_dpi_witness(jnp.asarray(mi_pad), jnp.asarray(reg_pad)))[:r, :g]
+    batch = int(max(1, min(r_pad, _DPI_BATCH_ELEMS // (r_pad * g_pad))))
+    witness = np.asarray(_dpi_witness(jnp.asarray(mi_pad), jnp.asarray(reg_pad), batch))[:r, :g]
     return (mi_RxG > 0) & ~(mi_RxG < (1.0 - tolerance) * witness)
 
 
@@ -225,9 +230,16 @@ def consensus(edges_BxRxG: np.ndarray, mi_BxRxG: np.ndarray, candidates_RxG: np.
     candidate pairs (absent ones count, with p = 1) go through Benjamini-Hochberg.
     """
     edges_BxRxG = np.asarray(edges_BxRxG, bool) & candidates_RxG[None]
-    b = edges_BxRxG.shape[0]
+    return consensus_from_counts(edges_BxRxG.sum(axis=0), (np.asarray(mi_BxRxG) * edges_BxRxG).sum(axis=0),
+                                 edges_BxRxG.shape[0], candidates_RxG, fdr)
+
+
+def consensus_from_counts(support_RxG: np.ndarray, mi_sum_RxG: np.ndarray, n_runs: int, candidates_RxG: np.ndarray,
+                          fdr: float = 0.05) -> Consensus:
+    """`consensus` from running totals (edge counts and summed MI over runs): memory O(R x G), not O(B x R x G)."""
+    b = int(n_runs)
+    support = np.where(candidates_RxG, np.asarray(support_RxG, np.int64), 0)
     m = int(candidates_RxG.sum())
-    support = edges_BxRxG.sum(axis=0)
     p0 = float(support.sum()) / (b * m) if m else 0.0
     if p0 <= 0.0:
         raise EmptyNetworkError("every subnetwork is empty: no edge passed the MI threshold in any run; "
@@ -236,8 +248,7 @@ def consensus(edges_BxRxG: np.ndarray, mi_BxRxG: np.ndarray, candidates_RxG: np.
     adj = np.ones_like(pval)
     adj[candidates_RxG] = stats.false_discovery_control(pval[candidates_RxG], method="bh")
     keep = candidates_RxG & (support > 0) & (adj <= fdr)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_mi = np.where(support > 0, (np.asarray(mi_BxRxG) * edges_BxRxG).sum(0) / np.maximum(support, 1), 0.0)
+    mean_mi = np.where(support > 0, np.asarray(mi_sum_RxG, np.float64) / np.maximum(support, 1), 0.0)
     return Consensus(keep, pval, mean_mi, support, p0)
 
 
@@ -307,7 +318,9 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
     candidates[np.arange(reg_idx.size), reg_idx] = False
 
     runs = max(1, cfg.n_bootstraps)
-    kept_B, mi_B, n_passed, n_kept = [], [], [], []
+    support = np.zeros(candidates.shape, np.int32)  # running totals: memory O(R x G) whatever the run count
+    mi_sum = np.zeros(candidates.shape, np.float64)
+    n_passed, n_kept = [], []
     it = range(runs)
     if cfg.progress:
         from tqdm.auto import tqdm
@@ -315,22 +328,23 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
     for _ in it:
         xb = sample(cfg.n_bootstraps > 1) if runs > 1 else null_x
         mi_RxG, passed, kept = _single_run(xb, reg_idx, threshold, cfg, rng)
-        kept_B.append(kept & candidates)
-        mi_B.append(mi_RxG)
+        kept &= candidates
+        support += kept
+        mi_sum += np.where(kept, mi_RxG, 0.0)
         n_passed.append(int((passed & candidates).sum()))
         n_kept.append(int((kept & candidates).sum()))
 
-    if runs > 1 and not any(k.any() for k in kept_B):
+    if runs > 1 and not support.any():
         raise EmptyNetworkError(
             f"{name or 'group'}: no edge passed the MI threshold {threshold:.4g} (p={cfg.mi_pvalue}) in any of "
             f"{runs} runs ({n} cells, {reg_idx.size} regulators, {len(genes)} genes); use more cells or a larger "
             "mi_pvalue")
     if runs > 1:
-        cons = consensus(np.stack(kept_B), np.stack(mi_B), candidates, cfg.fdr)
+        cons = consensus_from_counts(support, mi_sum, runs, candidates, cfg.fdr)
         keep, pval, mi_val = cons.keep_RxG, cons.pvalue_RxG, cons.mean_mi_RxG
         extra = {"consensus_p0": cons.p0, "consensus_method": "binomial recurrence, Benjamini-Hochberg"}
     else:
-        keep, mi_val = kept_B[0], mi_B[0]
+        keep, mi_val = support > 0, mi_sum
         pval = null.pvalue(mi_val)
         extra = {}
     if not keep.any():
