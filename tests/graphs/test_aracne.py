@@ -258,3 +258,29 @@ def test_negative_counts_rejected(typed):
     ad.X[5, 3] = -1.0
     with pytest.raises(ValueError, match=f"negative values.*cell {ad.obs_names[5]!r}"):
         ctn.infer_cell_type_networks(ad, cell_type_key="ct", regulators=tfs)
+
+
+def test_cluster_consensus_within_a_type(typed):
+    """GREmLN A.1: ARACNe per sub-cluster of a type, consolidated by the binomial recurrence null."""
+    s, tfs = typed
+    ad = s.adata[s.adata.obs["ct"] == "type_0"].copy()
+    res = ctn.infer_cell_type_networks(ad, cell_type_key="ct", regulators=tfs, min_cells=20,
+                                       subnetworks="clusters", subcluster_resolution=1.5,
+                                       config=aracne.AracneConfig(n_null_pairs=1000, mi_pvalue=1e-2))
+    net = res.networks["type_0"]
+    p = net.params
+    assert p["method"] == "consensus" and p["subnetworks"] == "clusters" and p["n_subnetworks"] >= 2
+    assert p["n_subnetworks"] == len(p["subclusters_used"]) == len(p["mi_threshold_per_subnetwork"])
+    assert sum(p["subcluster_sizes"].values()) == ad.n_obs
+    truth = _truth(s)
+    assert net.num_edges > 0 and np.mean([e in truth for e in zip(net.regulator, net.target)]) > 0.5
+
+
+def test_nan_counts_rejected_with_cell_and_gene(typed):
+    s, tfs = typed
+    ad = s.adata.copy()
+    ad.X = ad.X.astype(np.float32)
+    ad.X[7, 2] = np.nan
+    with pytest.raises(ValueError, match=f"1 NaN/inf values; first at cell {ad.obs_names[7]!r}, "
+                                         f"gene {ad.var_names[2]!r}"):
+        ctn.infer_cell_type_networks(ad, cell_type_key="ct", regulators=tfs)
