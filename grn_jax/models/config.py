@@ -174,18 +174,20 @@ def gremln_base(gene_vocab_size: int = 20_003, **overrides) -> ModelConfig:
     not state its vocabulary, which dominates the parameter count (see
     `grn_jax.models.summary`).
     """
-    return ModelConfig(gene_vocab_size=gene_vocab_size, n_bins=100, d_model=512, n_layers=3, n_heads=8,
-                       mlp_dim=2048, activation="gelu", attention="diffusion", diffusion_beta=0.1, **overrides)
+    fields = dict(gene_vocab_size=gene_vocab_size, n_bins=100, d_model=512, n_layers=3, n_heads=8, mlp_dim=2048,
+                  activation="gelu", attention="diffusion", diffusion_beta=0.1)
+    fields.update(overrides)
+    return ModelConfig(**fields)
 
 
 def gremln_vanilla(gene_vocab_size: int = 20_003, **overrides) -> ModelConfig:
     """`gremln_base` with plain attention: the paper's graph ablation."""
-    return gremln_base(gene_vocab_size, attention="vanilla", **overrides)
+    return gremln_base(gene_vocab_size, **{"attention": "vanilla", **overrides})
 
 
 def grnformer_gremln(gene_vocab_size: int = 20_003, **overrides) -> ModelConfig:
     """GDKA backbone whose final layer is the GRNFormer structure adapter (a combination neither paper tried)."""
-    return gremln_base(gene_vocab_size, adapter=AdapterConfig(), **overrides)
+    return gremln_base(gene_vocab_size, **{"adapter": AdapterConfig(), **overrides})
 
 
 def tiny(gene_vocab_size: int = 64, **overrides) -> ModelConfig:

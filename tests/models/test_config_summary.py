@@ -1,0 +1,81 @@
+"""Config validation, parameter counts against the closed form, and `grn-jax model summary`."""
+
+import re
+
+import pytest
+
+from grn_jax.cli import main
+from grn_jax.models import AdapterConfig, ModelConfig, gremln_base, model_summary, preset, tiny
+from grn_jax.models.blocks import layer_runs
+
+
+def _closed_form(cfg: ModelConfig) -> int:
+    """Embeddings + per layer (q,k,v,out with biases; 2 LayerNorms; MLP) + final LN + bin head."""
+    d, m, half = cfg.d_model, cfg.mlp_dim, cfg.d_model // 2
+    per_layer = 4 * (d * d + d) + 2 * 2 * d + (d * m + m) + (m * d + d)
+    return (cfg.gene_vocab_size * half + (cfg.n_bins + 3) * half + cfg.n_layers * per_layer
+            + (2 * d if cfg.norm == "pre" else 0) + d * cfg.n_bins + cfg.n_bins)
+
+
+def test_gremln_base_parameter_count_matches_closed_form():
+    cfg = gremln_base()
+    s = model_summary(cfg)
+    assert s.total == _closed_form(cfg) == 14_656_612
+    assert s.gene_embedding == cfg.gene_vocab_size * 256
+    # vocabulary-independent body: 9.54M; the paper's 10.3M implies a ~3k-gene vocabulary
+    assert s.non_vocab == 9_535_844
+    assert 2_900 < s.vocab_for_paper_count() < 3_100
+
+
+def test_post_ln_and_vanilla_counts():
+    for cfg in (tiny(norm="post"), tiny(attention="vanilla"), tiny(n_layers=3, attention=("vanilla", "diffusion",
+                                                                                          "diffusion"))):
+        assert model_summary(cfg).total == _closed_form(cfg)
+
+
+def test_cli_model_summary_prints_the_count(capsys):
+    assert main(["model", "summary", "--preset", "gremln_base"]) == 0
+    out = capsys.readouterr().out
+    total = int(re.search(r"total\s+([\d,]+)", out).group(1).replace(",", ""))
+    assert total == _closed_form(gremln_base())
+    assert "10.3M" in out and "20003" in out
+    assert main(["model", "summary", "--preset", "gremln_base", "--gene-vocab-size", "2003"]) == 0
+    out = capsys.readouterr().out
+    assert int(re.search(r"total\s+([\d,]+)", out).group(1).replace(",", "")) == _closed_form(gremln_base(2003))
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(n_heads=3), "n_heads"),
+    (dict(attention=("diffusion",)), "attention"),
+    (dict(attention="graph"), "attention[0]"),
+    (dict(norm="sandwich"), "norm"),
+    (dict(dtype="float16"), "dtype"),
+    (dict(attention_impl="cuda"), "attention_impl"),
+    (dict(dropout_rate=1.0), "dropout_rate"),
+    (dict(diffusion_beta=-0.1), "diffusion_beta"),
+    (dict(d_model=33, n_heads=1), "d_model"),
+    (dict(gene_vocab_size=3), "gene_vocab_size"),
+    (dict(adapter=AdapterConfig(fusion_heads=5)), "fusion_heads"),
+])
+def test_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=re.escape(field)):
+        tiny(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(gnn="gat"), "gnn"), (dict(aggregator="sum"), "aggregator"), (dict(fanout=0), "fanout"),
+    (dict(perturb_alpha=1.5), "perturb_alpha"), (dict(perturb_mode="shuffle"), "perturb_mode"),
+])
+def test_adapter_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=re.escape(field)):
+        AdapterConfig(**kwargs)
+
+
+def test_presets_and_layer_runs():
+    assert gremln_base().layer_kinds == ("diffusion",) * 3
+    assert preset("gremln_vanilla").layer_kinds == ("vanilla",) * 3
+    assert preset("grnformer_gremln").backbone_kinds == ("diffusion",) * 2
+    with pytest.raises(ValueError, match="known presets"):
+        preset("gremln_huge")
+    assert layer_runs(("diffusion", "diffusion", "vanilla", "diffusion")) == [("diffusion", 2), ("vanilla", 1),
+                                                                             ("diffusion", 1)]
