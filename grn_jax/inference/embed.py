@@ -35,7 +35,8 @@ import numpy as np
 
 from grn_jax.data.ingest import open_counts
 from grn_jax.data.validate import check_gene_names
-from grn_jax.inference.checkpoint import Pretrained, load_pretrained
+from grn_jax.inference.checkpoint import Pretrained
+from grn_jax.inference.export import load_model
 from grn_jax.inference.graph_sources import GraphSpec, build_graph_source, check_graph_matches_training
 from grn_jax.inference.model_fn import batch_arrays, gene_embedding_table, make_inference_fn
 from grn_jax.inference.tokens import TrainingTokenizer
@@ -139,7 +140,7 @@ def embed(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, annda
         raise ValueError("embedding an in-memory AnnData writes into it; pass out=None (or pass a file path)")
     if not in_memory and out is None:
         raise ValueError("embedding a file needs an output path (--out OUT.h5ad)")
-    pre = checkpoint if isinstance(checkpoint, Pretrained) else load_pretrained(checkpoint)
+    pre = checkpoint if isinstance(checkpoint, Pretrained) else load_model(checkpoint)
     tok = TrainingTokenizer.from_record(pre.tokenization, pre.vocab)
     check_graph_matches_training(graph, pre.tokenization.get("graph"), f"checkpoint {pre.run_dir}")
     if tok.with_cell_graph:
