@@ -60,25 +60,30 @@ def fit_two_gaussians(x_NxR: np.ndarray, *, max_iter: int = 500, tol: float = 1e
     reg = reg_covar * np.where(const, 1.0, col_var)
     med = np.median(x, axis=0)
     low = x <= med
-    resp0 = np.where(low.all(axis=0) | (~low).all(axis=0), 0.5, low)  # responsibility of component 0
-    resp = np.stack([resp0, 1.0 - resp0], axis=-1)  # [N, R, 2]
+    # responsibility of component 0 (component 1 has 1 - resp0); [N, R]
+    resp0 = np.where(low.all(axis=0) | (~low).all(axis=0), 0.5, low.astype(np.float64))
     w, mu, var = np.zeros((r, 2)), np.zeros((r, 2)), np.ones((r, 2))
     prev = np.full(r, -np.inf)
     converged = const.copy()
+    tiny = 10 * np.finfo(np.float64).tiny
     for _ in range(max_iter):  # EM iterations, vectorised over the unconverged columns and all cells
         idx = np.flatnonzero(~converged)
         if len(idx) == 0:
             break
-        xs, rs = x[:, idx], resp[:, idx]
-        nk = rs.sum(axis=0) + 10 * np.finfo(np.float64).tiny  # [R', 2]
-        w[idx] = nk / n
-        mu[idx] = np.einsum("nrk,nr->rk", rs, xs) / nk
-        d2 = (xs[:, :, None] - mu[idx][None]) ** 2
-        var[idx] = np.einsum("nrk,nrk->rk", rs, d2) / nk + reg[idx, None]
-        logp = np.log(w[idx])[None] - 0.5 * np.log(2 * np.pi * var[idx])[None] - 0.5 * d2 / var[idx][None]
-        mx = logp.max(axis=-1, keepdims=True)
-        lse = mx[..., 0] + np.log(np.exp(logp - mx).sum(axis=-1))
-        resp[:, idx] = np.exp(logp - lse[..., None])
+        xs, r0 = x[:, idx], resp0[:, idx]
+        r1 = 1.0 - r0
+        n0, n1 = r0.sum(axis=0) + tiny, r1.sum(axis=0) + tiny
+        m0, m1 = (r0 * xs).sum(axis=0) / n0, (r1 * xs).sum(axis=0) / n1
+        d0, d1 = (xs - m0) ** 2, (xs - m1) ** 2
+        v0, v1 = (r0 * d0).sum(axis=0) / n0 + reg[idx], (r1 * d1).sum(axis=0) / n1 + reg[idx]
+        w[idx, 0], w[idx, 1] = n0 / n, n1 / n
+        mu[idx, 0], mu[idx, 1] = m0, m1
+        var[idx, 0], var[idx, 1] = v0, v1
+        l0 = np.log(n0 / n) - 0.5 * np.log(2 * np.pi * v0) - 0.5 * d0 / v0
+        l1 = np.log(n1 / n) - 0.5 * np.log(2 * np.pi * v1) - 0.5 * d1 / v1
+        hi = np.maximum(l0, l1)
+        lse = hi + np.log1p(np.exp(-np.abs(l0 - l1)))
+        resp0[:, idx] = np.exp(l0 - lse)
         ll = lse.mean(axis=0)
         converged[idx] = np.abs(ll - prev[idx]) < tol
         prev[idx] = ll
