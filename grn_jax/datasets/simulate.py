@@ -6,8 +6,8 @@ sparse, signed TF -> target network and samples counts from it.
 
 Model (all vectorised over cells; the only Python loop is over the 3 network levels):
 
-1. Network. `n_tfs` of the genes are TFs. A third of them (at least enough to give
-   every cell type its own programme) are *master* TFs (level 0) whose activity is
+1. Network. `n_tfs` of the genes are TFs. A third of them (at least two per cell type,
+   at most n_tfs - 1) are *master* TFs (level 0) whose activity is
    set by the cell type; the other TFs (level 1) are regulated by 1-2 masters; of the
    non-TF genes a fraction `unregulated_fraction` has no regulator, the rest
    (level 2) have 1-4 TF regulators chosen with probability ~ 1/rank**hub_exponent,
