@@ -227,6 +227,75 @@ def _add_pretrain(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_graph_args(p) -> None:
+    g = p.add_argument_group("graphs for the cells (as in training)")
+    g.add_argument("--network", default=None, help="one GRN file (.tsv/.parquet) for every cell")
+    g.add_argument("--networks-dir", default=None, help="per-cell-type GRNs folder written by `grn-jax grn infer`")
+    g.add_argument("--cell-type-column", default=None, help="obs column with the cells' types (types known)")
+    g.add_argument("--reference", default=None,
+                   help="training .h5ad labelled in NETWORKS_DIR/labels.tsv: kNN graph integration for unseen cells")
+    g.add_argument("--reference-layer", default=None, help="layer of --reference holding counts (default: X)")
+    g.add_argument("--knn-k", type=int, default=15, help="neighbours of the kNN type posterior (default: 15)")
+    g.add_argument("--alpha", type=float, default=0.05, help="edge exclusion threshold, GREmLN eq. 3 (default: 0.05)")
+
+
+def _graph_spec(args):
+    from grn_jax.inference import GraphSpec
+
+    return GraphSpec(network=args.network, networks_dir=args.networks_dir, cell_type_column=args.cell_type_column,
+                     reference=args.reference, reference_layer=args.reference_layer, knn_k=args.knn_k,
+                     alpha=args.alpha).validate()
+
+
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="cell (CLS, mean) and gene embeddings of a pretrained model into an .h5ad")
+    p.add_argument("data", help="input .h5ad (streamed in row chunks; counts as in training)")
+    p.add_argument("--checkpoint", required=True, help="pretraining run directory or export folder")
+    p.add_argument("--out", required=True, help="output .h5ad (a copy of the input plus obsm/varm/uns)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest complete)")
+    p.add_argument("--batch-size", type=int, default=64, help="cells per forward pass (results do not depend on it)")
+    p.add_argument("--chunk-cells", type=int, default=2048, help="cells read from disk at once (memory bound)")
+    p.add_argument("--layer", default=None, help="layer holding counts (default: as in training)")
+    p.add_argument("--use-raw", action="store_const", const=True, default=None, help="counts in .raw")
+    p.add_argument("--gene-column", default=None, help="var column of gene ids (default: as in training)")
+    p.add_argument("--normalized-input", action="store_const", const=True, default=None,
+                   help="values are already normalised")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_graph_args(p)
+
+    def run(args) -> int:
+        from grn_jax.inference import embed
+
+        report = embed(args.checkpoint, args.data, args.out, graph=_graph_spec(args), batch_size=args.batch_size,
+                       chunk_cells=args.chunk_cells, layer=args.layer, use_raw=args.use_raw,
+                       gene_column=args.gene_column, normalized_input=args.normalized_input,
+                       overwrite=args.overwrite, progress=not args.no_progress, step=args.step)
+        print(report.to_text())
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="params-only checkpoint + config + vocabulary + jax.export artefacts for serving")
+    p.add_argument("--checkpoint", required=True, help="pretraining run directory")
+    p.add_argument("--out", required=True, help="export folder")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest complete)")
+    p.add_argument("--platforms", default="cpu,cuda",
+                   help="comma-separated jax.export lowering platforms (default: cpu,cuda)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+
+    def run(args) -> int:
+        from grn_jax.inference import export_model
+
+        export_model(args.checkpoint, args.out, step=args.step, overwrite=args.overwrite,
+                     platforms=tuple(x.strip() for x in args.platforms.split(",") if x.strip()))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 _REGISTRARS: list[Callable] = [
     _add_version,
     _add_model,
@@ -236,6 +305,8 @@ _REGISTRARS: list[Callable] = [
     _add_grn,
     _add_simulate,
     _add_pretrain,
+    _add_embed,
+    _add_export,
 ]
 
 

@@ -38,7 +38,7 @@ from grn_jax.data.validate import check_gene_names
 from grn_jax.inference.checkpoint import Pretrained
 from grn_jax.inference.export import load_model
 from grn_jax.inference.graph_sources import GraphSpec, build_graph_source, check_graph_matches_training
-from grn_jax.inference.model_fn import batch_arrays, gene_embedding_table, make_inference_fn
+from grn_jax.inference.model_fn import batch_arrays, gene_embedding_table, jitted_inference_fn
 from grn_jax.inference.tokens import TrainingTokenizer
 from grn_jax.inference.writers import H5adWriter, MemoryWriter
 
@@ -125,12 +125,14 @@ def embed(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, annda
           out: Optional[Union[str, Path]] = None, *, graph: GraphSpec = GraphSpec(), batch_size: int = 64,
           chunk_cells: int = 2048, layer: Optional[str] = None, use_raw: Optional[bool] = None,
           gene_column: Optional[str] = None, normalized_input: Optional[bool] = None,
-          overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> EmbedReport:
+          overwrite: bool = False, progress: bool = True, step: Optional[int] = None,
+          log: Callable[[str], None] = print) -> EmbedReport:
     """Embed every cell of `data` with the pretrained model of `checkpoint` (see the module docstring).
 
     data: an .h5ad path (streamed in backed mode; `out` required) or an AnnData
     (written in place; `out` must be None). layer/use_raw/gene_column/
-    normalized_input override the ingest settings training used.
+    normalized_input override the ingest settings training used. checkpoint: a
+    run directory (newest complete step, or `step`), an export folder, or a `Pretrained`.
     """
     t0 = time.perf_counter()
     if batch_size < 1 or chunk_cells < 1:
@@ -140,7 +142,7 @@ def embed(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, annda
         raise ValueError("embedding an in-memory AnnData writes into it; pass out=None (or pass a file path)")
     if not in_memory and out is None:
         raise ValueError("embedding a file needs an output path (--out OUT.h5ad)")
-    pre = checkpoint if isinstance(checkpoint, Pretrained) else load_model(checkpoint)
+    pre = checkpoint if isinstance(checkpoint, Pretrained) else load_model(checkpoint, step=step)
     tok = TrainingTokenizer.from_record(pre.tokenization, pre.vocab)
     check_graph_matches_training(graph, pre.tokenization.get("graph"), f"checkpoint {pre.run_dir}")
     if tok.with_cell_graph:
@@ -159,10 +161,8 @@ def embed(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, annda
         _warn_unknown_genes(gene_report, log)
         gsrc, graph_report = build_graph_source(graph, pre.vocab, src, chunk_cells, log=log)
 
-        from grn_jax.models import build_model
-
         cfg = pre.model_config
-        fn = jax.jit(make_inference_fn(build_model(cfg), with_cell_graph=False))
+        fn = jitted_inference_fn(cfg, False)
         writer = MemoryWriter(data) if in_memory else H5adWriter(data, out, overwrite=overwrite)
         d = cfg.d_model
         writer.create("obsm", CLS_KEY, (src.n_cells, d))

@@ -15,6 +15,7 @@ returning (cls_BxD, mean_BxD, hidden_BxSxD).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax.numpy as jnp
@@ -68,3 +69,17 @@ def gene_embedding_table(params) -> jnp.ndarray:
     except (KeyError, TypeError) as e:
         raise ValueError("the parameters have no embed/gene/table/embedding entry (the gene-ID embedding); "
                          "they do not come from a grn_jax model") from e
+
+
+@functools.lru_cache(maxsize=16)
+def jitted_inference_fn(model_config, with_cell_graph: bool) -> Callable:
+    """`jax.jit(make_inference_fn(build_model(config)))`, cached per (config, graph inputs).
+
+    One jitted object per model config, so repeated `embed` calls in a process reuse
+    its compiled executables (one per bucket shape) instead of re-tracing.
+    """
+    import jax
+
+    from grn_jax.models import build_model
+
+    return jax.jit(make_inference_fn(build_model(model_config), with_cell_graph))
