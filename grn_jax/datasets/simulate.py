@@ -4,7 +4,8 @@ Why: no Perturb-seq data can be installed here, yet edge recovery and perturbati
 tasks need data whose regulatory network is known. `simulate` draws a random,
 sparse, signed TF -> target network and samples counts from it.
 
-Model (all vectorised over cells; the only Python loop is over the 3 network levels):
+Model (vectorised over cells; Python loops run only over the 3 network levels, fixed-size
+cell blocks, and genes while the network is drawn):
 
 1. Network. `n_tfs` of the genes are TFs. A third of them (at least two per cell type,
    at most n_tfs - 1) are *master* TFs (level 0) whose activity is
