@@ -20,12 +20,13 @@ from grn_jax.models.grnformer import (GRNFormer, attention_importance, fusion_at
 from grn_jax.models.heads import ClassificationHead, MaskedBinHead
 from grn_jax.models.sampling import sample_neighbors, undirected_edges
 from grn_jax.models.summary import ModelSummary, count_params, model_summary, params_by_module
+from grn_jax.models.validate import check_batch
 
 __all__ = [
     "AdapterConfig", "ClassificationHead", "DiffusionContext", "Encoder", "EncoderBlock", "GNNEncoder", "GNNLayer",
     "GREmLN", "GRNFormer", "GeneEmbed", "MaskedBinHead", "Mlp", "ModelConfig", "ModelOutput", "ModelSummary",
     "MultiHeadAttention", "PRESETS", "StructureAdapter", "TokenEmbed", "abstract_variables", "attention_importance",
-    "attention_weights", "build_model", "count_params", "diffuse_queries", "diffusion_attention",
+    "attention_weights", "build_model", "check_batch", "count_params", "diffuse_queries", "diffusion_attention",
     "diffusion_context", "dot_product_attention", "example_batch", "flat_graph", "fusion_attention_weights",
     "gene_token_mask", "gremln_base", "gremln_vanilla", "grnformer_gremln", "heat_plan", "init_variables",
     "layer_runs", "model_summary", "params_by_module", "preset", "sample_neighbors", "tf_enrichment_ratio", "tiny",
