@@ -223,6 +223,7 @@ def fit_cell_specific_grns(
             "constant": int((mode == CONSTANT).sum()), "em_not_converged": int((~fit.converged).sum()),
             "mean_active_regulons_per_cell": float(active.sum(axis=1).mean()) if len(cells) else 0.0,
         }
+    report["networks_without_cells"] = sorted(str(t) for t in networks if str(t) not in types)
     report["params"] = dict(top_fraction=top_fraction, min_regulon_size=min_regulon_size, min_cells=min_cells,
                             min_weight=min_weight, min_separation=min_separation)
     return CellSpecificGRNs(networks=dict(networks), types=types, cell_types=labels, gene_names=gene_names,
