@@ -101,7 +101,7 @@ def test_attention_dropout_only_in_training():
     assert not np.allclose(np.asarray(tr1), np.asarray(plain))
 
 
-def test_pallas_impl_is_refused_until_registered():
+def test_unknown_attention_impl_is_refused():
     q, k, v, token_mask, ctx = _inputs()
     with pytest.raises(ValueError, match="attention_impl"):
         diffusion_attention(q, k, v, jnp.asarray(token_mask), ctx, heat_kernel_plan(0.1), impl="bogus")
