@@ -131,10 +131,13 @@ def _ell_one_cell(senders_E, receivers_E, weights_E, edge_mask_E, token_mask_S, 
 def _from_bcoo_one(data_N, idx_Nx2, graph_S, width):
     s_len = graph_S.shape[0]
     rows, cols = idx_Nx2[:, 0].astype(jnp.int32), idx_Nx2[:, 1].astype(jnp.int32)
+    in_range = (rows >= 0) & (rows < s_len) & (cols >= 0) & (cols < s_len)
     live = (rows != cols) & (data_N != 0)
     on_graph = graph_S[jnp.clip(rows, 0, s_len - 1)] & graph_S[jnp.clip(cols, 0, s_len - 1)]
-    num_invalid = jnp.sum(live & ~on_graph).astype(jnp.int32)
-    ind, val, dropped = _place(rows, cols, data_N.astype(jnp.float32), live & on_graph, s_len, width)
+    num_invalid = jnp.sum(live & ~(in_range & on_graph)).astype(jnp.int32)
+    # Entries touching CLS/padding are kept (counted as invalid): the operator then equals the BCOO
+    # one exactly, as `grn_jax.graphs.diffuse` applies it. Out-of-range entries cannot be gathered.
+    ind, val, dropped = _place(rows, cols, data_N.astype(jnp.float32), live & in_range, s_len, width)
     return ind, val, num_invalid, dropped
 
 
@@ -147,7 +150,10 @@ def ell_from_laplacian(laplacian, node_mask_BxS, passthrough_mask_BxS, *, width:
     """ELL of L~ = L - I from a batched BCOO Laplacian [B, S, S] (`grn_jax.graphs.normalized_laplacian`).
 
     Diagonal entries are dropped (L has a unit diagonal, so L~ has none) and
-    duplicate entries add, as BCOO semantics say. `node_mask_BxS` marks graph
+    duplicate entries add, as BCOO semantics say. Entries touching a non-graph
+    position are kept, so the operator is exactly the BCOO one, and counted in
+    `num_invalid_edges` (a concrete call raises on them; under jit check them
+    with `check_ell`). `node_mask_BxS` marks graph
     nodes (genes, CLS excluded); `passthrough_mask_BxS` the rows diffusion
     returns unchanged (CLS). A safe static width is min(S - 1, number of stored
     entries) rounded up; `num_dropped` reports entries that did not fit.

@@ -41,20 +41,21 @@ def test_reference_matches_expm_oracle_and_graph_core():
     beta = 1.0
     graph, ell, q = _case(0, 2, 24, 6, 40, [24, 13])
     plan = heat_kernel_plan(beta)
-    ref = chebyshev_diffusion_reference(q, ell, jnp.asarray(plan.as_array(), jnp.float32))
+    ref = jax.jit(chebyshev_diffusion_reference)(q, ell, jnp.asarray(plan.as_array(), jnp.float32))
     exact = diffuse_expm_np(dense_laplacian_np(*graph[:4], 24), np.asarray(q), graph[4], beta)
     assert_rel_close(ref, exact, jnp.float32, what="reference vs expm")
     snd, rcv, w, em, tm = graph
     lap = normalized_laplacian(snd, rcv, w, em, num_nodes=24)
     cls = np.arange(24)[None, :] == 0
-    core = diffuse(lap, q, plan, node_mask_BxS=jnp.asarray(tm), passthrough_mask_BxS=jnp.asarray(cls & tm))
+    core = jax.jit(lambda lap, q, nm, pm: diffuse(lap, q, plan, node_mask_BxS=nm, passthrough_mask_BxS=pm))(
+        lap, q, jnp.asarray(tm), jnp.asarray(cls & tm))
     assert_rel_close(ref, core, jnp.float32, what="reference vs grn_jax.graphs.diffuse")
 
 
 def test_closed_form_coefficients_reach_the_oracle_at_beta_10():
     beta, k_terms = 10.0, 24  # DESIGN: beta = 10 needs ~20 terms
     graph, ell, q = _case(3, 1, 16, 4, 30, [16])
-    ref = chebyshev_diffusion_reference(q, ell, heat_coeffs(beta, k_terms))
+    ref = jax.jit(chebyshev_diffusion_reference)(q, ell, jnp.asarray(heat_coeffs(beta, k_terms), jnp.float32))
     exact = diffuse_expm_np(dense_laplacian_np(*graph[:4], 16), np.asarray(q), graph[4], beta)
     assert_rel_close(ref, exact, jnp.float32, what="beta=10")
 
@@ -87,11 +88,12 @@ def test_cell_output_independent_of_batch_mates_and_padding():
     blocks = ChebyshevBlocks(block_cols=4, block_rows=8, block_degree=4)
     coeffs = jnp.asarray(heat_coeffs(1.0, 8), jnp.float32)
     graph, ell, q = _case(11, 2, 32, 4, 40, [14, 32], width=16)
-    out_pair = _kernel_and_vjp(q, ell, coeffs, jnp.ones_like(q), blocks)[0]
+    fwd = jax.jit(lambda q, ell: chebyshev_diffusion(q, ell, coeffs, block=blocks, interpret=True))
+    out_pair = fwd(q, ell)
     snd, rcv, w, em, tm = (a[:1] for a in graph)
     alone_ell = build_ell_laplacian(snd, rcv, w, em, tm[:, :16], width=16)
     q_alone = jnp.asarray(np.asarray(q)[:1, :16]).at[:, 14:].set(1e3)  # garbage in padding
-    out_alone = _kernel_and_vjp(q_alone, alone_ell, coeffs, jnp.ones_like(q_alone), blocks)[0]
+    out_alone = fwd(q_alone, alone_ell)
     np.testing.assert_array_equal(np.asarray(out_alone[0, :14]), np.asarray(out_pair[0, :14]))
 
 

@@ -113,22 +113,6 @@ def test_diffusion_attention_matches_exact_oracle_reference_and_vjp():
     assert_rel_close(out, exact, jnp.float32, what="GDKA vs expm + dense softmax")
 
 
-def test_matches_model_xla_path():
-    from grn_jax.graphs import heat_kernel_plan, normalized_laplacian
-    from grn_jax.models.attention import DiffusionContext
-    from grn_jax.models.attention import diffusion_attention as model_gdka
-
-    s, h, d = 16, 2, 4
-    (snd, rcv, w, em, tm), ell = _graph_case(6, 2, s, [16, 11])
-    q, k, v, _ = _qkv(3, 2, s, h, d, jnp.float32)
-    plan = heat_kernel_plan(0.5)
-    cls = jnp.asarray((np.arange(s)[None, :] == 0) & tm)
-    ctx = DiffusionContext(normalized_laplacian(snd, rcv, w, em, num_nodes=s), jnp.asarray(tm), cls)
-    xla_out = jax.jit(lambda *a: model_gdka(*a, plan, impl="xla")[0])(q, k, v, jnp.asarray(tm), ctx)
-    ref = diffusion_attention_reference(q, k, v, jnp.asarray(tm), ell, jnp.asarray(plan.as_array(), jnp.float32))
-    assert_rel_close(ref, xla_out, jnp.float32, what="kernel reference vs model xla path")
-
-
 def test_validation_errors():
     q, k, v, _ = _qkv(0, 1, 16, 2, 8, jnp.float32)
     mask = jnp.ones((1, 16), bool)

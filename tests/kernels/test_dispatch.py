@@ -37,9 +37,9 @@ def test_falls_back_on_cpu_with_logged_reason(caplog):
     plan = heat_kernel_plan(0.5)
     with caplog.at_level(logging.WARNING):
         assert pallas_gdka(q, k, v, tm, ctx.laplacian, ctx.node_mask_BxS, ctx.passthrough_mask_BxS, plan) is None
-        out, weights = model_gdka(q, k, v, tm, ctx, plan, impl="pallas")
+        out, weights = jax.jit(lambda *a: model_gdka(*a, plan, impl="pallas"))(q, k, v, tm, ctx)
     assert "falls back to 'xla'" in caplog.text and "backend 'cpu'" in caplog.text
-    ref, ref_weights = model_gdka(q, k, v, tm, ctx, plan, impl="xla")
+    ref, ref_weights = jax.jit(lambda *a: model_gdka(*a, plan, impl="xla"))(q, k, v, tm, ctx)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
     assert weights is not None and weights.shape == ref_weights.shape
     with pytest.raises(ValueError, match="attention_impl='triton' is unknown"):

@@ -86,3 +86,25 @@ def test_shape_errors_name_the_field():
         build_ell_laplacian(snd, snd, np.ones((2, 3), np.float32), np.ones((2, 3), bool), np.ones((2, 5), bool),
                             width=0)
     assert jnp.asarray(snd).dtype == jnp.int32
+
+
+def test_bcoo_entries_touching_padding_are_counted_and_kept_for_parity():
+    from grn_jax.graphs import diffuse, heat_kernel_plan
+    from grn_jax.kernels import chebyshev_diffusion_reference
+
+    s = 8
+    snd = np.array([[1, 2, 3]], np.int32)
+    rcv = np.array([[2, 3, 7]], np.int32)  # 3 -> 7 touches a padding position
+    tm = (np.arange(s) < 6)[None, :]
+    cls = (np.arange(s) == 0)[None, :]
+    lap = normalized_laplacian(snd, rcv, np.ones((1, 3), np.float32), np.ones((1, 3), bool), num_nodes=s)
+    with pytest.raises(ValueError, match="cell 0: 2 masked-in edge"):  # both stored directions of 3-7
+        ell_from_laplacian(lap, tm, cls, width=8)
+    ell = jax.jit(lambda lp: ell_from_laplacian(lp, tm, cls, width=8))(lap)
+    assert int(ell.num_invalid_edges[0]) == 2
+    plan = heat_kernel_plan(1.0)
+    q = jnp.asarray(np.random.default_rng(0).normal(size=(1, s, 4)), jnp.float32)
+    ours = jax.jit(lambda q, e: chebyshev_diffusion_reference(q, e, plan.as_array()))(q, ell)
+    core = jax.jit(lambda lp, q: diffuse(lp, q, plan, node_mask_BxS=jnp.asarray(tm),
+                                         passthrough_mask_BxS=jnp.asarray(cls)))(lap, q)
+    assert_allclose(ours, core, np.float32)
