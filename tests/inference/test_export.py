@@ -1,0 +1,146 @@
+"""`export`: round trip in a fresh process without grn_jax, refusals of corrupt or mismatched exports."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from grn_jax.cli import main
+from grn_jax.data import ShardStore, collate
+from grn_jax.inference import ExportError, batch_arrays, input_names, load_export, load_model
+from grn_jax.inference.model_fn import jitted_inference_fn
+from grn_jax.testing import assert_allclose
+
+SERVE_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    export_dir, inputs, out = sys.argv[1:4]
+    sys.path.insert(0, export_dir)
+    import serve  # the copy of grn_jax/inference/serving.py inside the export folder
+    model = serve.load_export(export_dir)
+    data = np.load(inputs)
+    results = {}
+    for b in (5, 2):  # two batch sizes through the same artefact (symbolic batch dimension)
+        arrays = [data[name][:b] for name in model.input_names]
+        cls, mean, hidden = model(*arrays)
+        results.update({f"cls{b}": np.asarray(cls), f"mean{b}": np.asarray(mean), f"hidden{b}": np.asarray(hidden)})
+    np.savez(out, **results)
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("grn_jax", "flax"))
+    print("LEAKED", leaked)
+    sys.exit(1 if leaked else 0)
+""")
+
+
+@pytest.fixture(scope="module")
+def exported(toy_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "model"
+    assert main(["export", "--checkpoint", str(toy_run["run"]), "--out", str(out), "--platforms", "cpu"]) == 0
+    return out
+
+
+def test_round_trip_in_fresh_process_without_model_code(exported, toy_run, pretrained, tmp_path):
+    store = ShardStore(toy_run["shards"])
+    # training-tokenised cells straight from the shards (E = 32 edges, S = the single bucket)
+    batch = collate([store.cell(i) for i in range(5)], store.bin_spec, store.seq_buckets, store.edge_buckets)
+    names = input_names(False)
+    arrays = batch_arrays(batch.tokens, False)
+    np.savez(tmp_path / "inputs.npz", **dict(zip(names, arrays)))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, str(exported), str(tmp_path / "inputs.npz"),
+                           str(tmp_path / "out.npz")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "LEAKED []" in proc.stdout
+    served = np.load(tmp_path / "out.npz")
+    live = jitted_inference_fn(pretrained.model_config, False)(pretrained.params, *arrays)
+    for b in (5, 2):
+        for i, key in enumerate(("cls", "mean", "hidden")):
+            assert_allclose(served[f"{key}{b}"], np.asarray(live[i])[:b], np.float32, err_msg=f"{key}, batch {b}")
+
+
+def test_export_contents_and_model_card(exported, pretrained):
+    manifest = json.loads((exported / "export.json").read_text())
+    assert manifest["provenance"]["checkpoint_sha256"] == pretrained.checkpoint_hash
+    assert manifest["seq_buckets"] == list(pretrained.tokenization["seq_buckets"])
+    n = sum(int(np.prod(v.shape)) for v in __import__("jax").tree_util.tree_leaves(pretrained.params))
+    assert manifest["n_params"] == n
+    card = (exported / "model_card.md").read_text()
+    assert f"parameters: {n:,}" in card and f"optimiser steps: {pretrained.step}" in card
+    # parameters only: no optimiser state was saved
+    served = load_export(exported)
+    assert set(served.params) == set(pretrained.params)
+    # an export loads back as a Pretrained with the same weights, config and vocabulary
+    again = load_model(exported)
+    assert again.model_config == pretrained.model_config and again.vocab == pretrained.vocab
+    a = __import__("jax").tree_util.tree_leaves(again.params)
+    b = __import__("jax").tree_util.tree_leaves(pretrained.params)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupted_export_is_refused(exported, tmp_path):
+    bad = _copy(exported, tmp_path / "bad")
+    art = next((bad / "serving").iterdir())
+    data = bytearray(art.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    art.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match=r"corrupt or was modified: 0 file\(s\) missing .*1 changed .*serving/seq_"):
+        load_export(bad)
+    partial = _copy(exported, tmp_path / "partial")
+    (partial / "export.json").unlink()
+    with pytest.raises(ExportError, match="not an export folder"):
+        load_export(partial)
+    gone = _copy(exported, tmp_path / "gone")
+    shutil.rmtree(gone / "params")
+    with pytest.raises(ExportError, match="missing"):
+        load_export(gone)
+
+
+def test_mismatched_vocabulary_config_or_checkpoint_is_refused(exported, pretrained, tmp_path):
+    other_vocab = {**pretrained.vocab.to_dict(), "genes": [g + "_x" for g in pretrained.vocab.genes]}
+    with pytest.raises(ExportError, match="its vocabulary differs from the expected one"):
+        load_export(exported, expect_vocab=other_vocab)
+    from grn_jax.train.typed import to_dict
+
+    other_cfg = {**to_dict(pretrained.model_config), "d_model": 32}
+    with pytest.raises(ExportError, match="its model config differs"):
+        load_export(exported, expect_model_config=other_cfg)
+    with pytest.raises(ExportError, match="exported from checkpoint"):
+        load_export(exported, expect_checkpoint_sha256="0" * 64)
+    load_export(exported, expect_vocab=pretrained.vocab.to_dict(), expect_model_config=to_dict(pretrained.model_config),
+                expect_checkpoint_sha256=pretrained.checkpoint_hash)
+    # a vocabulary swapped in (manifest re-hashed, so only the consistency check can catch it)
+    swapped = _copy(exported, tmp_path / "swapped")
+    (swapped / "vocab.json").write_text(json.dumps({**other_vocab, "genes": other_vocab["genes"][:-2]}))
+    from grn_jax.inference.serving import hash_tree
+
+    manifest = json.loads((swapped / "export.json").read_text())
+    manifest["files"] = hash_tree(swapped)
+    (swapped / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="vocab.json has 31 tokens but the model was built for gene_vocab_size=33"):
+        load_export(swapped)
+
+
+def test_corrupted_checkpoint_is_refused(toy_run, tmp_path):
+    from grn_jax.train.checkpoint import CheckpointError
+
+    run = _copy(toy_run["run"], tmp_path / "run")
+    step_dir = next((run / "checkpoints").iterdir())
+    victim = next(p for p in sorted((step_dir / "state").rglob("*")) if p.is_file() and p.stat().st_size > 0)
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        load_model(run)
+    with pytest.raises(ValueError, match="not a pretraining run directory"):
+        load_model(tmp_path)
