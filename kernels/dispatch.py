@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .diffusion_attention import DiffusionAttentionBlocks, diffusion_attention
+from .chebyshev_diffusion import chebyshev_diffusion
+from .diffusion_attention import DiffusionAttentionBlocks, masked_flash_attention
 from .ell import ell_from_laplacian, safe_width
 
 log = logging.getLogger(__name__)
@@ -58,33 +59,47 @@ def pallas_gdka(q_BxSxHxD, k_BxSxHxD, v_BxSxHxD, key_mask_BxS, laplacian, node_m
         log.warning("attention_impl='pallas' falls back to 'xla': %s",
                     pallas_unavailable_reason(backend="gpu", dropout_active=True))
         return None
-    s = q_BxSxHxD.shape[1]
+    b, s, h, d = q_BxSxHxD.shape
     n_offdiag = int(laplacian.data.shape[-1]) - s  # BCOO layout: 2E edge entries + S diagonal entries
     width = int(width) if width is not None else safe_width(s, max(n_offdiag, 1))
+    bd = block.diffusion.block_degree
+    width = _next_pow2(width) if width <= bd else -(-width // bd) * bd  # whole power-of-two degree tiles
     ell = ell_from_laplacian(laplacian, node_mask_BxS, passthrough_mask_BxS, width=width)
     coeffs = plan_or_coeffs.as_array() if hasattr(plan_or_coeffs, "as_array") else np.asarray(plan_or_coeffs)
-    c = q_BxSxHxD.shape[2] * q_BxSxHxD.shape[3]
-    if c > block.diffusion.block_cols and c % block.diffusion.block_cols:
-        block = dataclasses.replace(block, diffusion=dataclasses.replace(
-            block.diffusion, block_cols=math.gcd(c, block.diffusion.block_cols)))
+
+    # Triton loads power-of-two tiles and its dots need dimensions >= 16: pad S to a multiple of
+    # the tile (or the next power of two >= 16 below it) with isolated, masked positions, the head
+    # dimension to a power of two >= 16 with zeros (attention stage only), then cut the result.
     tile = max(block.diffusion.block_rows, block.attention.block_q, block.attention.block_k)
-    pad = (-s) % tile if s > tile else 0
-    if pad:  # e.g. S = CLS + 2048 genes: pad to the tile with isolated, masked positions, then cut
-        q_BxSxHxD, k_BxSxHxD, v_BxSxHxD = (_pad_seq(x, pad, 0) for x in (q_BxSxHxD, k_BxSxHxD, v_BxSxHxD))
-        key_mask_BxS = _pad_seq(key_mask_BxS, pad, False)
-        rows_S = jnp.arange(s + pad, dtype=ell.indices.dtype)
+    s_pad = -(-s // tile) * tile if s > tile else max(16, _next_pow2(s))
+    c = h * d
+    cols = min(block.diffusion.block_cols, c & -c)  # largest power-of-two divisor of C
+    block = dataclasses.replace(block, diffusion=dataclasses.replace(block.diffusion, block_cols=cols))
+    if s_pad > s:
+        pad = s_pad - s
+        q_BxSxHxD, k_BxSxHxD, v_BxSxHxD = (_pad_axis(x, 1, pad, 0) for x in (q_BxSxHxD, k_BxSxHxD, v_BxSxHxD))
+        key_mask_BxS = _pad_axis(key_mask_BxS, 1, pad, False)
+        rows = jnp.arange(s, s_pad, dtype=ell.indices.dtype)
         ell = ell.replace(
-            indices=jnp.concatenate([ell.indices, jnp.broadcast_to(rows_S[s:, None], (ell.indices.shape[0], pad, width))],
-                                    axis=1),
-            values=_pad_seq(ell.values, pad, 0), node_mask=_pad_seq(ell.node_mask, pad, False),
-            passthrough_mask=_pad_seq(ell.passthrough_mask, pad, False))
-    out = diffusion_attention(q_BxSxHxD, k_BxSxHxD, v_BxSxHxD, key_mask_BxS, ell,
-                              jnp.asarray(coeffs, jnp.float32), block=block, interpret=interpret)
-    return out[:, :s]
+            indices=jnp.concatenate([ell.indices, jnp.broadcast_to(rows[None, :, None], (b, pad, ell.width))], axis=1),
+            values=_pad_axis(ell.values, 1, pad, 0), node_mask=_pad_axis(ell.node_mask, 1, pad, False),
+            passthrough_mask=_pad_axis(ell.passthrough_mask, 1, pad, False))
+    qd = chebyshev_diffusion(q_BxSxHxD.reshape(b, s_pad, c), ell, jnp.asarray(coeffs, jnp.float32),
+                             block=block.diffusion, interpret=interpret).reshape(b, s_pad, h, d)
+    d_pad = max(16, _next_pow2(d)) - d
+    if d_pad:
+        qd, k_BxSxHxD, v_BxSxHxD = (_pad_axis(x, 3, d_pad, 0) for x in (qd, k_BxSxHxD, v_BxSxHxD))
+    out = masked_flash_attention(qd, k_BxSxHxD, v_BxSxHxD, key_mask_BxS, block=block.attention,
+                                 interpret=interpret, sm_scale=1.0 / math.sqrt(d))
+    return out[:, :s, :, :d]
 
 
-def _pad_seq(x, pad: int, value):
-    """Pad axis 1 (the sequence) with `pad` entries of `value`."""
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _pad_axis(x, axis: int, pad: int, value):
+    """Pad `axis` at the end with `pad` entries of `value`."""
     widths = [(0, 0)] * x.ndim
-    widths[1] = (0, pad)
+    widths[axis] = (0, pad)
     return jnp.pad(x, widths, constant_values=value)

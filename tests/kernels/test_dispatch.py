@@ -46,13 +46,17 @@ def test_falls_back_on_cpu_with_logged_reason(caplog):
         model_gdka(q, k, v, tm, ctx, plan, impl="triton")
 
 
-def test_interpret_path_matches_model_xla_path_with_sequence_padding():
-    # S = 17 does not tile by 8: the dispatcher pads to 24 with isolated, masked positions and cuts back;
-    # C = 12 does not divide by block_cols = 8: it uses gcd = 4.
+@pytest.mark.parametrize("blocks", [
+    DiffusionAttentionBlocks(ChebyshevBlocks(block_cols=8, block_rows=8, block_degree=8),
+                             FlashBlocks(block_q=8, block_k=8)),
+    DiffusionAttentionBlocks(),  # S = 17 below the 64 tile: padded to the power of two 32
+], ids=["small-tiles", "default-tiles"])
+def test_interpret_path_matches_model_xla_path_with_padding(blocks):
+    # S = 17 does not tile: the dispatcher pads S with isolated, masked positions and the head dim
+    # 6 -> 16 with zeros (Triton needs power-of-two tiles, dots >= 16), then cuts back;
+    # C = 12 does not divide by block_cols = 8: it uses the power-of-two divisor 4.
     q, k, v, tm, ctx = _inputs()
     plan = heat_kernel_plan(1.0)
-    blocks = DiffusionAttentionBlocks(ChebyshevBlocks(block_cols=8, block_rows=8, block_degree=8),
-                                      FlashBlocks(block_q=8, block_k=8))
     f = jax.jit(lambda *a: pallas_gdka(*a, plan, block=blocks, interpret=True))
     out = f(q, k, v, tm, ctx.laplacian, ctx.node_mask_BxS, ctx.passthrough_mask_BxS)
     ref = jax.jit(lambda *a: model_gdka(*a, plan, impl="xla")[0])(q, k, v, tm, ctx)
