@@ -108,8 +108,10 @@ def perturb_edges(key: jax.Array, graph: GraphBatch, token_mask_BxS: jax.Array, 
     k_pick, k_pair = jax.random.split(key)
     # A uniform random subset of m_b real edges: the m_b smallest of iid uniforms over real slots.
     score_BxE = jnp.where(graph.edge_mask, jax.random.uniform(k_pick, (b, e)), 2.0)
-    rank_BxE = jnp.argsort(jnp.argsort(score_BxE, axis=1), axis=1)
-    replace_BxE = graph.edge_mask & (rank_BxE < m_B[:, None])
+    order_BxE = jnp.argsort(score_BxE, axis=1)  # stable: ties in the float draws cannot change the count
+    chosen_sorted_BxE = jnp.arange(e)[None, :] < m_B[:, None]
+    replace_BxE = jnp.zeros((b, e), bool).at[jnp.arange(b)[:, None], order_BxE].set(chosen_sorted_BxE)
+    replace_BxE = replace_BxE & graph.edge_mask
     u_BxE, v_BxE = _sample_pairs(k_pair, cand_BxS, e)
     return GraphBatch(
         senders=jnp.where(replace_BxE, u_BxE, graph.senders).astype(jnp.int32),
