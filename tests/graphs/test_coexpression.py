@@ -142,3 +142,15 @@ def test_bad_arguments():
         perturb_edges(jax.random.key(0), graph, token_mask, expressed, mode="knn")
     with pytest.raises(ValueError, match="alpha"):
         perturb_edges(jax.random.key(0), graph, token_mask, expressed, alpha=1.5)
+
+
+def test_cell_result_independent_of_batch_mates():
+    graph, token_mask, expressed = _toy()
+    out = _perturb(jax.random.key(9), graph, token_mask, expressed, alpha=0.2)
+    # change everything about cells 0, 2 and 3; cell 1 keeps its row position
+    other = GraphBatch(graph.senders.at[jnp.array([0, 2, 3])].set(3), graph.receivers.at[jnp.array([0, 2, 3])].set(4),
+                       graph.weights, graph.edge_mask.at[jnp.array([0, 2, 3])].set(True))
+    ex2 = expressed.at[jnp.array([0, 2, 3])].set(True)
+    out2 = _perturb(jax.random.key(9), other, token_mask, ex2, alpha=0.2)
+    np.testing.assert_array_equal(np.asarray(out2.senders[1]), np.asarray(out.senders[1]))
+    np.testing.assert_array_equal(np.asarray(out2.receivers[1]), np.asarray(out.receivers[1]))
