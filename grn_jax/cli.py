@@ -321,7 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        # Bad input: one clear line (the library's message names the problem and the fix),
+        # no traceback. GRN_JAX_DEBUG=1 re-raises for developers.
+        import os
+
+        if os.environ.get("GRN_JAX_DEBUG"):
+            raise
+        print(f"grn-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -41,3 +41,28 @@ def test_tolerance_per_dtype_and_relative_error():
     np.testing.assert_allclose(testing.relative_error([1.1, 0.0], [1.0, 0.0]), 0.1, rtol=1e-12)
     with pytest.raises(AssertionError, match="relative error"):
         testing.assert_rel_close([1.0, 1e-5], [1.0, 0.0], np.float32)
+
+
+def test_cli_reports_bad_input_in_one_line(capsys, monkeypatch):
+    from grn_jax import cli
+
+    monkeypatch.delenv("GRN_JAX_DEBUG", raising=False)
+    parser = cli.build_parser()
+
+    def boom(args):
+        raise ValueError("cell 'c7' has negative counts; pass raw counts")
+
+    args = parser.parse_args(["version"])
+    monkeypatch.setattr(cli, "build_parser", lambda: _Fixed(args, boom))
+    assert cli.main(["version"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "grn-jax version: error: cell 'c7' has negative counts; pass raw counts"
+
+
+class _Fixed:
+    def __init__(self, args, func):
+        self._args, self._func = args, func
+
+    def parse_args(self, argv):
+        self._args.func = self._func
+        return self._args
