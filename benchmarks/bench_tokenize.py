@@ -73,7 +73,7 @@ def ours(adata, cfg: DataConfig, graph=None) -> tuple[int, int]:
     kept = tokens = 0
     for start, block in blocks:
         rows = np.flatnonzero(keep[start:start + block.shape[0]])
-        vb = _to_vocab_columns(block[rows], col_ids, len(vocab))
+        vb = _to_vocab_columns(block if len(rows) == block.shape[0] else block[rows], col_ids, len(vocab))
         t = tokenize_block(vb, totals[start + rows], start + rows, cfg.tokenize, graph_source=gsrc)
         kept += t.num_cells
         tokens += int(t.token_ptr[-1])

@@ -6,7 +6,7 @@ manifest) -> `make_loader` (grain) -> `collate` -> `mask_bins` (on device).
 `prepare` runs it end to end; `quickstart` on the bundled PBMC data.
 """
 
-from grn_jax.data.binning import rank_bins, row_value_order, sorted_rank_bins
+from grn_jax.data.binning import bins_from_ranks, rank_bins, row_ranks, row_value_order, top_k_mask
 from grn_jax.data.buckets import bucket_for, edge_buckets, seq_buckets
 from grn_jax.data.collate import CellBatch, collate
 from grn_jax.data.config import DataConfig, IngestConfig, QCConfig, ShardConfig, TokenizeConfig
@@ -28,7 +28,7 @@ __all__ = [
     "BatchIterator", "CellBatch", "CellEdges", "CellTypeNetworkSource", "CountsSource", "DataConfig", "GeneVocab",
     "GraphSource", "IngestConfig", "QCConfig", "QCResult", "ShardConfig", "ShardStore", "ShardWriter",
     "SingleNetworkSource", "TokenizeConfig", "TokenizedCells", "bucket_for", "cells_skipped_per_epoch",
-    "check_block", "check_gene_names", "collate", "content_hash", "edge_buckets", "format_summary",
-    "load_config", "make_loader", "mask_bins", "mask_key", "normalize_log1p", "open_counts", "prepare", "prepare_files", "qc_cells",
-    "quickstart", "rank_bins", "row_value_order", "seq_buckets", "sorted_rank_bins", "tokenize_block",
+    "check_block", "check_gene_names", "collate", "content_hash", "edge_buckets", "format_summary", "load_config",
+    "make_loader", "mask_bins", "mask_key", "normalize_log1p", "open_counts", "prepare", "prepare_files",
+    "qc_cells", "quickstart", "bins_from_ranks", "rank_bins", "row_ranks", "top_k_mask", "row_value_order", "seq_buckets", "tokenize_block",
 ]

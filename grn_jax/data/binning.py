@@ -15,7 +15,10 @@ holding the value v_j. Hence, in integers only,
     bin = 1                                                   if t_j = 0
     bin = 1 + min(n_bins - 2, (t_j (n_bins-1) - 1) // (m-1))   otherwise,
 
-which needs one sort of the CSR entries by (row, value) and no per-cell loop.
+where t_j = #{values of the cell < v_j}. No per-cell loop and, for integer
+counts, no sort: t_j comes from per-cell histograms over the block's distinct
+values (`row_ranks`, method "hist"); other data use one sort by (row, value)
+(method "sort"). Both give identical results.
 (Floating-point `np.quantile` can round an edge that should equal v_j to just
 below it; the integer form is the exact rule, and tests check both.)
 """
@@ -58,35 +61,98 @@ def row_value_order(indptr: np.ndarray, data: np.ndarray) -> np.ndarray:
     return np.lexsort((codes, rows))  # key would overflow int64: slower, same order
 
 
-def sorted_rank_bins(indptr: np.ndarray, sorted_data: np.ndarray, n_bins: int) -> np.ndarray:
-    """Bins (int32) of CSR entries already sorted by (row, value); all entries must be > 0."""
+def _value_codes(data: np.ndarray, max_table: int = 1 << 22):
+    """Order-preserving integer codes 0..K-1 of the distinct values, without sorting when integral."""
+    if data.size == 0:
+        return np.zeros(0, np.int64), 0
+    integral = np.issubdtype(data.dtype, np.integer) or np.array_equal(data, np.rint(data))
+    top = float(np.max(data))
+    if integral and top < max_table:
+        ints = data.astype(np.int64)
+        present = np.zeros(int(top) + 1, np.int64)
+        present[ints] = 1
+        table = np.cumsum(present) - 1
+        return table[ints], int(table[-1]) + 1
+    codes = np.unique(data, return_inverse=True)[1].astype(np.int64)
+    return codes, int(codes.max()) + 1
+
+
+def row_ranks(indptr: np.ndarray, data: np.ndarray, method: str = "auto", max_hist: int = 1 << 24):
+    """Per stored entry, in CSR order: (#entries of its row < it, #entries of its row == it, incl. itself).
+
+    "hist": per-row histograms over the block's distinct values (n_rows x K
+    counts, no sort); "sort": one sort by (row, value); "auto" picks "hist" when
+    n_rows x K <= max_hist.
+    """
+    n_rows = len(indptr) - 1
+    counts = np.diff(indptr)
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
+    codes, k = _value_codes(data)
+    if method not in ("auto", "hist", "sort"):
+        raise ValueError(f"method must be 'auto', 'hist' or 'sort', got {method!r}")
+    if method == "hist" or (method == "auto" and n_rows * k <= max_hist):
+        flat = rows * k + codes
+        hist = np.bincount(flat, minlength=n_rows * k)
+        below = np.cumsum(hist.reshape(n_rows, k), axis=1).ravel() - hist  # exclusive prefix per row
+        return below.take(flat), hist.take(flat)
+    order = row_value_order(indptr, codes)
+    sc = codes.take(order)
+    nnz = len(sc)
+    row_start = np.repeat(indptr[:-1], counts)
+    pos = np.arange(nnz, dtype=np.int64)
+    new_group = np.empty(nnz, bool)
+    new_group[:1] = True
+    np.not_equal(sc[1:], sc[:-1], out=new_group[1:])
+    new_group[indptr[:-1][counts > 0]] = True
+    first = np.maximum.accumulate(np.where(new_group, pos, 0))
+    ends = np.flatnonzero(np.append(new_group[1:], True))  # last slot of each group
+    group_id = np.cumsum(new_group) - 1
+    size = (ends - np.flatnonzero(new_group) + 1).take(group_id)
+    less, equal = np.empty(nnz, np.int64), np.empty(nnz, np.int64)
+    less[order] = first - row_start
+    equal[order] = size
+    return less, equal
+
+
+def bins_from_ranks(less: np.ndarray, m: np.ndarray, n_bins: int) -> np.ndarray:
+    """Rank bins from t = #smaller values in the cell and m = #expressed values in the cell."""
     if n_bins < 2:
         raise ValueError(f"n_bins must be >= 2, got {n_bins}")
-    nnz = len(sorted_data)
-    if nnz == 0:
-        return np.zeros(0, np.int32)
-    counts = np.diff(indptr)
-    row_start = np.repeat(indptr[:-1], counts)
-    pos = np.arange(nnz, dtype=row_start.dtype)
-    new_group = np.empty(nnz, bool)
-    new_group[0] = True
-    np.not_equal(sorted_data[1:], sorted_data[:-1], out=new_group[1:])
-    new_group[indptr[:-1][counts > 0]] = True
-    t = np.maximum.accumulate(np.where(new_group, pos, 0)) - row_start  # first sorted slot of the value
-    m1 = np.repeat(np.maximum(counts - 1, 1).astype(np.float64), counts)
-    # floor((t (n_bins-1) - 1) / (m-1)) is exact in float64 for these small integers; t = 0 gives -1 -> bin 1
-    above = np.floor((t * (n_bins - 1) - 1) / m1)
+    m1 = np.maximum(m - 1, 1).astype(np.float64)
+    # floor((t (n_bins-1) - 1) / (m-1)) is exact in float64 for these integers; t = 0 gives -1 -> bin 1
+    above = np.floor((less * (n_bins - 1) - 1) / m1)
     return np.clip(1 + above, 1, n_bins - 1).astype(np.int32)
 
 
-def rank_bins(values: sp.csr_matrix, n_bins: int) -> sp.csr_matrix:
+def top_k_mask(indptr: np.ndarray, data: np.ndarray, less: np.ndarray, equal: np.ndarray, k: int) -> np.ndarray:
+    """Keep the k highest values of each row (ties at the cut: higher storage position, i.e. gene index, first).
+
+    An entry is kept iff (#entries of its row greater than it) + (#equal entries at
+    higher positions) < k. A whole tie group is kept iff less >= m - k; only the
+    group straddling the cut needs the within-group order.
+    """
+    counts = np.diff(indptr)
+    thr = np.repeat(counts - k, counts)
+    keep = less >= thr
+    cut = np.flatnonzero(~keep & (less + equal > thr))
+    if len(cut):
+        # a row has at most one straddling group, so its cut entries are that group, in gene order
+        rows = np.searchsorted(indptr, cut, side="right") - 1
+        last = np.flatnonzero(np.append(rows[1:] != rows[:-1], True))  # last cut entry of each row
+        group_end = np.repeat(last, np.diff(np.append(-1, last)))
+        ahead = group_end - np.arange(len(cut))  # equal entries at higher positions
+        greater = thr[cut] + k - less[cut] - equal[cut]  # m - less - equal
+        keep[cut] = greater + ahead < k
+    return keep
+
+
+def rank_bins(values: sp.csr_matrix, n_bins: int, method: str = "auto") -> sp.csr_matrix:
     """Rank bins of every stored entry of `values` (a CSR of expressed values > 0), same sparsity, int32."""
     values = sp.csr_matrix(values)
     values.eliminate_zeros()
     if values.data.size and np.min(values.data) < 0:
         raise ValueError("rank_bins expects non-negative expression values")
-    order = row_value_order(values.indptr, values.data)
-    bins_sorted = sorted_rank_bins(values.indptr, values.data[order], n_bins)
-    bins = np.empty_like(bins_sorted)
-    bins[order] = bins_sorted
+    less, _ = row_ranks(values.indptr, values.data, method)
+    m = np.repeat(np.diff(values.indptr), np.diff(values.indptr))
+    bins = bins_from_ranks(less, m, n_bins)
     return sp.csr_matrix((bins, values.indices.copy(), values.indptr.copy()), shape=values.shape)

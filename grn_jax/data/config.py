@@ -96,6 +96,8 @@ class TokenizeConfig:
     def validate(self) -> None:
         if self.n_bins < 2:
             _fail("tokenize.n_bins", self.n_bins, "need bin 0 plus at least one expressed bin (>= 2)")
+        if self.n_bins > 32_000:
+            _fail("tokenize.n_bins", self.n_bins, "shards store bins as int16: use at most 32000 bins")
         if not self.target_sum > 0:
             _fail("tokenize.target_sum", self.target_sum, "must be > 0")
         if self.max_genes < 1:

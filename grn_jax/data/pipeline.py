@@ -145,7 +145,7 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
             if not keep.any():
                 continue
             rows = np.flatnonzero(keep)
-            vblock = _to_vocab_columns(block[rows], col_ids, len(vocab))
+            vblock = _to_vocab_columns(block if keep.all() else block[rows], col_ids, len(vocab))
             t = tokenize_block(vblock, totals[start + rows], start + rows, tok, graph_source=gsrc,
                                cell_graph_source=csrc, normalized_input=ing.normalized_input)
             for k, v in t.counts.items():

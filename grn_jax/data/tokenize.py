@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import scipy.sparse as sp
 
-from grn_jax.data.binning import row_value_order, sorted_rank_bins
+from grn_jax.data.binning import bins_from_ranks, row_ranks, top_k_mask
 from grn_jax.data.config import TokenizeConfig
 from grn_jax.data.graph_source import CellEdges, GraphSource
 from grn_jax.data.normalize import normalize_log1p
@@ -113,16 +113,13 @@ def tokenize_block(block: sp.csr_matrix, totals: np.ndarray, cell_index: np.ndar
     counts = dict.fromkeys(_COUNT_KEYS, 0)
     per_cell = np.diff(block.indptr)
 
-    # 1. rank bins over every expressed vocabulary gene (sorted space), scattered back to CSR order
-    order = row_value_order(block.indptr, block.data)
-    bins_csr = np.empty(block.nnz, np.int32)
-    bins_csr[order] = sorted_rank_bins(block.indptr, block.data[order], cfg.n_bins)
-    # 2. keep the max_genes highest (ties: higher gene index kept first, deterministic)
+    # 1. rank bins over every expressed vocabulary gene, in CSR order
+    less, equal = row_ranks(block.indptr, block.data)
+    bins_csr = bins_from_ranks(less, np.repeat(per_cell, per_cell), cfg.n_bins)
+    # 2. keep the max_genes highest (ties at the cut: higher gene index first, deterministic)
     keep = None
     if np.any(per_cell > cfg.max_genes):
-        from_end = np.repeat(block.indptr[1:] - 1, per_cell) - np.arange(block.nnz)  # rank from the top, sorted
-        keep = np.empty(block.nnz, bool)
-        keep[order] = from_end < cfg.max_genes
+        keep = top_k_mask(block.indptr, block.data, less, equal, cfg.max_genes)
         counts["genes_truncated"] = int(block.nnz - keep.sum())
         counts["cells_truncated"] = int((per_cell > cfg.max_genes).sum())
     if keep is None:  # CSR order is already (cell, vocabulary id)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from grn_jax.data import normalize_log1p, rank_bins
+from grn_jax.data import normalize_log1p, rank_bins, row_ranks, top_k_mask
 
 
 def fraction_bins(row, n_bins):
@@ -103,3 +103,40 @@ def test_normalisation_does_not_change_bins_and_is_deterministic():
     b1, b2 = rank_bins(x, 100), rank_bins(norm, 100)
     assert (b1 != b2).nnz == 0
     assert (rank_bins(x, 100) != b1).nnz == 0
+
+
+@pytest.mark.parametrize("integral", [True, False])
+def test_hist_and_sort_methods_agree(integral):
+    rng = np.random.default_rng(5)
+    x = sp.random(80, 150, density=0.4, format="csr", random_state=6)
+    x.data = rng.integers(1, 12, x.nnz).astype(float) if integral else rng.integers(1, 12, x.nnz) * 0.37
+    less_h, eq_h = row_ranks(x.indptr, x.data, "hist")
+    less_s, eq_s = row_ranks(x.indptr, x.data, "sort")
+    np.testing.assert_array_equal(less_h, less_s)
+    np.testing.assert_array_equal(eq_h, eq_s)
+    for i in range(5):  # against a direct count
+        v = x.data[x.indptr[i]:x.indptr[i + 1]]
+        np.testing.assert_array_equal(less_h[x.indptr[i]:x.indptr[i + 1]], (v[None, :] < v[:, None]).sum(1))
+        np.testing.assert_array_equal(eq_h[x.indptr[i]:x.indptr[i + 1]], (v[None, :] == v[:, None]).sum(1))
+
+
+def test_top_k_keeps_highest_and_breaks_ties_by_higher_gene_index():
+    x = _csr([[5, 3, 3, 3, 1, 0], [1, 2, 0, 0, 0, 0]])
+    less, eq = row_ranks(x.indptr, x.data)
+    keep = top_k_mask(x.indptr, x.data, less, eq, 3)
+    # row 0: 5 kept, then two of the three 3s: the higher gene indices 2 and 3
+    assert x.indices[keep[:5].nonzero()[0]].tolist() == [0, 2, 3]
+    assert keep[5:].all()
+
+
+def test_top_k_matches_brute_force_on_random_ties():
+    rng = np.random.default_rng(8)
+    x = sp.csr_matrix((rng.integers(1, 4, size=(60, 40)) * (rng.random((60, 40)) < 0.7)).astype(float))
+    less, eq = row_ranks(x.indptr, x.data)
+    for k in (1, 5, 17, 40):
+        keep = top_k_mask(x.indptr, x.data, less, eq, k)
+        for i in range(x.shape[0]):
+            lo, hi = x.indptr[i], x.indptr[i + 1]
+            v = x.data[lo:hi]
+            ranked = sorted(range(hi - lo), key=lambda j: (-v[j], -j))[:k]  # highest value, then higher gene
+            assert sorted(ranked) == np.flatnonzero(keep[lo:hi]).tolist(), (k, i)
