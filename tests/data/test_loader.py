@@ -102,3 +102,19 @@ def test_hosts_partition_cells_exactly_once(store, drop_remainder):
         assert [len(c) for c in per_host] == [per_epoch // 2 * 2] * p  # full batches of 2 only
     else:
         assert allc == list(range(n))
+
+
+def test_cell_graph_travels_to_the_batch(tmp_path):
+    from grn_jax.data import SingleNetworkSource
+
+    net = GeneNetwork(np.array(["g0", "g1", "g2"]), np.array(["g1", "g2", "g3"]), np.ones(3), np.zeros(3))
+    cfg = DataConfig(qc=QCConfig(min_counts=None, max_counts=None, min_genes=1),
+                     tokenize=TokenizeConfig(n_bins=10, max_genes=40, min_seq_bucket=8, min_edge_bucket=4))
+    s = prepare(toy_adata(n_cells=10, density=0.9), tmp_path / "s", cfg, graph=net,
+                cell_graph=lambda vocab, counts: SingleNetworkSource(net, vocab.tokens))
+    assert s["tokens"]["cell_graph_edges_kept"] == s["tokens"]["edges_kept"] > 0
+    store = ShardStore(tmp_path / "s", verify=True)
+    b = next(make_loader(store, 5, shuffle=False, process_index=0, process_count=1))
+    validate_token_batch(b.tokens)
+    np.testing.assert_array_equal(b.tokens.cell_graph.senders, b.tokens.graph.senders)
+    np.testing.assert_array_equal(b.tokens.cell_graph.edge_mask, b.tokens.graph.edge_mask)
