@@ -41,6 +41,7 @@ FLASH_SWEEP = [
     (16, 2, 8, [16, 9], FlashBlocks(block_q=8, block_k=4), jnp.float32),
     (32, 1, 16, [5, 32], FlashBlocks(block_q=32, block_k=8), jnp.float32),
     (32, 3, 8, [20, 31], FlashBlocks(block_q=16, block_k=16), jnp.bfloat16),
+    (16, 2, 8, [16, 7], FlashBlocks(block_q=4, block_k=8, backward="xla"), jnp.float32),
 ]
 
 
@@ -124,6 +125,8 @@ def test_validation_errors():
         masked_flash_attention(q, k, v, mask[:, :8], interpret=True)
     with pytest.raises(ValueError, match="block_q=6 does not divide S=16"):
         masked_flash_attention(q, k, v, mask, block=FlashBlocks(block_q=6), interpret=True)
+    with pytest.raises(ValueError, match="FlashBlocks.backward must be 'pallas' or 'xla'"):
+        FlashBlocks(backward="triton")
     with pytest.raises(ValueError, match="DiffusionAttentionBlocks needs"):
         DiffusionAttentionBlocks(FlashBlocks(), FlashBlocks())
 
