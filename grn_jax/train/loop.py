@@ -31,7 +31,20 @@ from grn_jax.train.provenance import provenance
 from grn_jax.train.state import abstract_with_shardings, init_sharded_state, state_shardings
 from grn_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
-FAULT_KILL_ENV = "GRN_JAX_FAULT_KILL_AT_STEP"  # fault injection for tests: SIGKILL self after this step
+# Fault injection for tests: "STEP" or "STEP:SIGNAL" (KILL, TERM) sends the signal to this process right
+# after optimiser step STEP has been applied (and its checkpoint, if due, started).
+FAULT_ENV = "GRN_JAX_FAULT_AT_STEP"
+
+
+def _fault_injection(environ=os.environ) -> tuple[int, int]:
+    raw = environ.get(FAULT_ENV, "")
+    if not raw:
+        return -1, 0
+    step, _, name = raw.partition(":")
+    try:
+        return int(step), int(getattr(signal, "SIG" + (name or "KILL").upper()))
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{FAULT_ENV}={raw!r}: expected STEP or STEP:KILL / STEP:TERM") from e
 
 
 class NonFiniteLossError(RuntimeError):
@@ -182,7 +195,7 @@ def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainR
                            progress=t.progress, log=log)
     writer.write({"kind": "event", "event": "start" if start == 0 else "resume", "step": start,
                   "mesh": dict(mesh.shape), "n_params": n_params, "devices": jax.device_count()})
-    fault_kill = int(os.environ.get(FAULT_KILL_ENV, "-1"))
+    fault_step, fault_signal = _fault_injection()
 
     saved = {"last": start if start else None}
 
@@ -202,6 +215,7 @@ def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainR
                 state, m = train_fn(state, sh.global_batch(local, mesh))
                 m = jax.device_get(m)
                 if not bool(m["finite"]):
+                    ckpt.wait()  # let in-flight saves seal so the message names the true last good one
                     good = ckpt.latest_valid_step(report=log)
                     where = f"step {good} in {ckpt.directory}" if good is not None else "none (no checkpoint yet)"
                     writer.write({"kind": "event", "event": "non_finite", "step": step,
@@ -233,8 +247,8 @@ def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainR
                     metrics = {"val_loss": val["val_loss"]}
                 if save(step, metrics):
                     writer.write({"kind": "event", "event": "checkpoint", "step": step})
-                if step == fault_kill:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                if step == fault_step:
+                    os.kill(os.getpid(), fault_signal)
                 if sigterm.raised:
                     stopped = "sigterm"
                     break

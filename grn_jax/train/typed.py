@@ -9,11 +9,15 @@ X | Y, tuple[X, ...], dict and nested dataclasses. Unknown keys are errors
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Mapping
 
 import yaml
+
+
+_FLOAT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _type_name(tp) -> str:
@@ -71,6 +75,8 @@ def coerce(tp, value, path: str):
             raise ValueError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_LITERAL.match(value.strip()):
+            return float(value)  # YAML 1.1 reads '1e-4' (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
