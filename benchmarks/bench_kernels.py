@@ -8,6 +8,9 @@ Per sequence length S (default 1024, 2048, 4096), on per-cell random GRN subgrap
   xla        the model's attention_impl="xla": BCOO Chebyshev `diffuse` + dense masked softmax
   dense-eig  exact `U exp(-beta Lambda) U^T Q` (batched eigh) + the same dense attention
 
+and each stage alone: the fused diffusion kernel (on a prebuilt ELL) vs the BCOO
+`diffuse`, the flash kernel vs dense masked softmax attention.
+
 Each is jitted; compile time is measured separately from the median of --repeats
 runs. Forward outputs are checked against each other (normwise relative error,
 tolerance from grn_jax.testing). Achieved FLOP/s and bandwidth use analytic
@@ -36,8 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grn_jax.graphs import diffuse_exact, heat_kernel_plan, normalized_laplacian
-from grn_jax.kernels import ChebyshevBlocks, DiffusionAttentionBlocks, FlashBlocks, ell_degree_bound
+from grn_jax.graphs import diffuse, diffuse_exact, heat_kernel_plan, normalized_laplacian
+from grn_jax.kernels import (ChebyshevBlocks, DiffusionAttentionBlocks, FlashBlocks, chebyshev_diffusion,
+                             ell_degree_bound, ell_from_laplacian, masked_flash_attention)
 from grn_jax.kernels.dispatch import pallas_gdka
 from grn_jax.models.attention import DiffusionContext, dot_product_attention
 from grn_jax.models.attention import diffusion_attention as model_gdka
@@ -146,11 +150,37 @@ def run(args) -> dict:
         c_p, t_p, out_p = timed(f_pallas, a, 1 if interpret else args.repeats)
         row.update(pallas_compile_s=c_p, pallas_ms=None if interpret else t_p * 1e3,
                    pallas_interpret=interpret)
-        if s <= args.max_dense_s:
+        if s <= (args.max_dense_s or (2048 if quick else 4096)):
             c_d, t_d, out_d = timed(f_dense, a, max(1, args.repeats // 3))
             row.update(dense_compile_s=c_d, dense_ms=t_d * 1e3,
                        rel_err_xla_vs_dense=relative_error(out_x, out_d),
                        rel_err_pallas_vs_dense=relative_error(out_p, out_d))
+        # The two stages alone: fused diffusion vs BCOO `diffuse`; flash vs dense masked attention.
+        ell = ell_from_laplacian(ctx.laplacian, ctx.node_mask_BxS, ctx.passthrough_mask_BxS, width=width)
+        coeffs = jnp.asarray(plan.as_array(), jnp.float32)
+
+        def f_diff_pallas(q, ell):
+            return chebyshev_diffusion(q.reshape(b, s, h * d), ell, coeffs, block=blocks.diffusion,
+                                       interpret=interpret)
+
+        def f_diff_xla(q, ctx):
+            return diffuse(ctx.laplacian, q.reshape(b, s, h * d), plan, node_mask_BxS=ctx.node_mask_BxS,
+                           passthrough_mask_BxS=ctx.passthrough_mask_BxS)
+
+        def f_attn_pallas(q, k, v, tm):
+            return masked_flash_attention(q, k, v, tm, block=blocks.attention, interpret=interpret)
+
+        def f_attn_xla(q, k, v, tm):
+            return dot_product_attention(q, k, v, tm)[0]
+
+        reps = 1 if interpret else args.repeats
+        for stage, fp, fx, ap, ax in (("diffusion", f_diff_pallas, f_diff_xla, (q, ell), (q, ctx)),
+                                      ("attention", f_attn_pallas, f_attn_xla, (q, k, v, tm), (q, k, v, tm))):
+            _, tp, op = timed(fp, ap, reps)
+            _, tx, ox = timed(fx, ax, args.repeats)
+            row[f"{stage}_xla_ms"] = tx * 1e3
+            row[f"{stage}_pallas_ms"] = None if interpret else tp * 1e3
+            row[f"{stage}_rel_err"] = relative_error(op, ox)
         tol = tolerance(dtype).rel
         row["rel_err_pallas_vs_xla"] = relative_error(out_p, out_x)
         row["tolerance"] = tol
@@ -202,13 +232,20 @@ def write(result: dict) -> None:
             f"| {r['xla_ms']:.2f} | {fmt(r.get('dense_ms'), '.2f')} | {fmt(r.get('speedup_pallas_vs_xla'), '.2f')} "
             f"| {r['rel_err_pallas_vs_xla']:.1e} {'ok' if r['pallas_matches_xla'] else 'FAIL'} (tol {r['tolerance']:.0e}) "
             f"| {fmt(r.get('rel_err_pallas_vs_dense'), '.1e')} | {r['pallas_compile_s']:.1f}/{r['xla_compile_s']:.1f} |")
+    lines += ["", "Stages alone (fused Chebyshev diffusion vs BCOO `diffuse`; flash vs dense masked attention):", "",
+              "| S | diffusion pallas ms | diffusion xla ms | rel err | attention pallas ms | attention xla ms | rel err |",
+              "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['S']} | {fmt(r.get('diffusion_pallas_ms'), '.2f')} | {r['diffusion_xla_ms']:.2f} | "
+                     f"{r['diffusion_rel_err']:.1e} | {fmt(r.get('attention_pallas_ms'), '.2f')} | "
+                     f"{r['attention_xla_ms']:.2f} | {r['attention_rel_err']:.1e} |")
     if any(r.get("xla_flops_per_s") for r in result["rows"]):
         lines += ["", "Achieved (analytic FLOPs and minimum bytes / median time):", ""]
         for r in result["rows"]:
             parts = []
             for name in ("pallas", "xla"):
                 if r.get(f"{name}_flops_per_s"):
-                    p = f"{name} {r[f'{name}_flops_per_s'] / 1e9:.1f} GFLOP/s, {r[f'{name}_bytes_per_s'] / 1e9:.1f} GB/s"
+                    p = f"{name} {r[f'{name}_flops_per_s'] / 1e9:.3g} GFLOP/s, {r[f'{name}_bytes_per_s'] / 1e9:.3g} GB/s"
                     if f"{name}_frac_peak_flops" in r:
                         p += (f" ({r[f'{name}_frac_peak_flops']:.1%} of peak FLOP/s, "
                               f"{r[f'{name}_frac_peak_bytes']:.1%} of peak bandwidth)")
@@ -228,7 +265,8 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=1.0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--max-dense-s", type=int, default=2048, help="skip the O(S^3) eig baseline above this S")
+    p.add_argument("--max-dense-s", type=int, default=None,
+                   help="skip the O(S^3) eig baseline above this S (default: 2048 in --quick, else 4096)")
     args = p.parse_args()
     # float32 means float32 on every path (XLA's GPU default for float32 dots is TF32).
     with jax.default_matmul_precision("highest" if args.dtype == "float32" else "default"):

@@ -48,7 +48,7 @@ class ChebyshevBlocks:
     """
 
     block_cols: int = 64
-    block_rows: int = 32
+    block_rows: int = 16  # gather tile [rows, degree, cols] = 8K values: registers of 4 warps (untuned)
     block_degree: int = 8
     num_warps: int = 4
     num_stages: int = 1
