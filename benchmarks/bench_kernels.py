@@ -227,13 +227,16 @@ def write(result: dict) -> None:
         return "—" if v is None else format(v, spec)
 
     for r in result["rows"]:
+        verdict = "ok" if r["pallas_matches_xla"] else "FAIL"
         lines.append(
-            f"| {r['S']} | {r['B']}×{r['H']}×{r['D']} | {r['K']} | {r['ell_width']} | {fmt(r.get('pallas_ms'), '.2f')} "
-            f"| {r['xla_ms']:.2f} | {fmt(r.get('dense_ms'), '.2f')} | {fmt(r.get('speedup_pallas_vs_xla'), '.2f')} "
-            f"| {r['rel_err_pallas_vs_xla']:.1e} {'ok' if r['pallas_matches_xla'] else 'FAIL'} (tol {r['tolerance']:.0e}) "
+            f"| {r['S']} | {r['B']}×{r['H']}×{r['D']} | {r['K']} | {r['ell_width']} "
+            f"| {fmt(r.get('pallas_ms'), '.2f')} | {r['xla_ms']:.2f} | {fmt(r.get('dense_ms'), '.2f')} "
+            f"| {fmt(r.get('speedup_pallas_vs_xla'), '.2f')} "
+            f"| {r['rel_err_pallas_vs_xla']:.1e} {verdict} (tol {r['tolerance']:.0e}) "
             f"| {fmt(r.get('rel_err_pallas_vs_dense'), '.1e')} | {r['pallas_compile_s']:.1f}/{r['xla_compile_s']:.1f} |")
     lines += ["", "Stages alone (fused Chebyshev diffusion vs BCOO `diffuse`; flash vs dense masked attention):", "",
-              "| S | diffusion pallas ms | diffusion xla ms | rel err | attention pallas ms | attention xla ms | rel err |",
+              "| S | diffusion pallas ms | diffusion xla ms | rel err | attention pallas ms | attention xla ms "
+              "| rel err |",
               "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['S']} | {fmt(r.get('diffusion_pallas_ms'), '.2f')} | {r['diffusion_xla_ms']:.2f} | "
@@ -245,7 +248,8 @@ def write(result: dict) -> None:
             parts = []
             for name in ("pallas", "xla"):
                 if r.get(f"{name}_flops_per_s"):
-                    p = f"{name} {r[f'{name}_flops_per_s'] / 1e9:.3g} GFLOP/s, {r[f'{name}_bytes_per_s'] / 1e9:.3g} GB/s"
+                    p = (f"{name} {r[f'{name}_flops_per_s'] / 1e9:.3g} GFLOP/s, "
+                         f"{r[f'{name}_bytes_per_s'] / 1e9:.3g} GB/s")
                     if f"{name}_frac_peak_flops" in r:
                         p += (f" ({r[f'{name}_frac_peak_flops']:.1%} of peak FLOP/s, "
                               f"{r[f'{name}_frac_peak_bytes']:.1%} of peak bandwidth)")

@@ -72,7 +72,8 @@ class ProfileReport:
                  f"compile: {self.compile_s:.2f} s; step time median {self.median_step_s * 1e3:.2f} ms "
                  f"(min {min(self.step_s) * 1e3:.2f} ms)"]
         if self.flops is not None:
-            lines.append(f"cost_analysis: {self.flops:.4g} FLOPs/step -> achieved {self.achieved_flops_per_s:.4g} FLOP/s")
+            lines.append(f"cost_analysis: {self.flops:.4g} FLOPs/step -> achieved "
+                         f"{self.achieved_flops_per_s:.4g} FLOP/s")
         else:
             lines.append("cost_analysis: FLOPs not reported by this backend")
         if self.bytes_accessed is not None:
