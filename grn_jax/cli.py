@@ -296,6 +296,40 @@ def _add_export(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="classification head on a pretrained encoder (frozen or full fine-tuning)")
+    p.add_argument("data", help="labelled .h5ad (counts as in pretraining)")
+    p.add_argument("--checkpoint", required=True, help="pretraining run directory or export folder")
+    p.add_argument("--task", choices=("classify",), default="classify", help="fine-tuning task (default: classify)")
+    p.add_argument("--label-key", required=True, help="obs column with the class labels")
+    p.add_argument("--out", required=True, help="fine-tuning run directory (shards, checkpoints, metrics; resumes)")
+    p.add_argument("--step", type=int, default=None, help="pretraining checkpoint step (default: newest complete)")
+    p.add_argument("--freeze-encoder", action="store_true", help="train the head only (default: full fine-tuning)")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls", help="cell embedding fed to the head")
+    p.add_argument("--head-hidden-dim", type=int, default=None, help="one hidden layer in the head (default: linear)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up + cosine, AdamW)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="held-out labelled cells for validation")
+    p.add_argument("--eval-every", type=int, default=20, help="validate every N steps (0 = never)")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    _add_graph_args(p)
+
+    def run(args) -> int:
+        from grn_jax.inference.finetune import FinetuneConfig, finetune
+
+        cfg = FinetuneConfig(label_key=args.label_key, out_dir=args.out, task=args.task,
+                             freeze_encoder=args.freeze_encoder, pooling=args.pooling,
+                             head_hidden_dim=args.head_hidden_dim, steps=args.steps, batch_size=args.batch_size,
+                             peak_lr=args.lr, val_fraction=args.val_fraction, eval_every=args.eval_every,
+                             checkpoint_every=args.checkpoint_every, seed=args.seed)
+        finetune(args.checkpoint, args.data, cfg, graph=_graph_spec(args), step=args.step)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 _REGISTRARS: list[Callable] = [
     _add_version,
     _add_model,
@@ -307,6 +341,7 @@ _REGISTRARS: list[Callable] = [
     _add_pretrain,
     _add_embed,
     _add_export,
+    _add_finetune,
 ]
 
 
