@@ -316,7 +316,7 @@ def main(argv=None) -> int:
         pbmc = dict(n_bootstraps=5, repeats=1)
     else:
         qkw = dict(seeds=[0, 1, 2], n_cells=2000, n_genes=300, n_bootstraps=20, with_adaptive=True)
-        large = dict(n_cells=20_000, n_genes=2000, n_bootstraps=5, ap_regs=2)
+        large = dict(n_cells=20_000, n_genes=2000, n_bootstraps=5, ap_regs=1)
         pbmc = dict(n_bootstraps=20, repeats=3)
     report = {"command": "python benchmarks/bench_grn.py" + (" --quick" if args.quick else ""),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": _machine()}

@@ -82,7 +82,8 @@ class AracneConfig:
 # ----------------------------------------------------------------------------- MI
 
 
-def _mi_matrix(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig, rng: np.random.Generator) -> np.ndarray:
+def _mi_matrix(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig, rng: np.random.Generator,
+               z_NxG: Optional[np.ndarray] = None) -> np.ndarray:
     """MI [R, G] with the configured estimator; self pairs set to 0.
 
     A bootstrap resample can leave a rare gene constant; its MI is 0 in that
@@ -90,7 +91,7 @@ def _mi_matrix(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig, rng: n
     """
     const_G = mi_lib.constant_columns(x_NxG)
     if cfg.estimator == "gaussian":
-        z_NxG = mi_lib.copula_scores(x_NxG, allow_constant=True)
+        z_NxG = mi_lib.copula_scores(x_NxG, allow_constant=True) if z_NxG is None else z_NxG
         mi_RxG = mi_lib.gaussian_copula_mi(z_NxG[:, reg_idx], z_NxG, block=cfg.block).astype(np.float64)
     else:
         ranks_NxG = mi_lib.rank_transform(x_NxG, ties="random", rng=rng)
@@ -128,30 +129,41 @@ class MINull:
         return float((np.log(pvalue) - self.intercept) / self.slope)
 
 
-def permutation_null(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig,
-                     rng: np.random.Generator) -> MINull:
-    """MI of `cfg.n_null_pairs` random (regulator, gene) pairs with the regulator's cells permuted."""
+def permutation_null(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig, rng: np.random.Generator,
+                     z_NxG: Optional[np.ndarray] = None) -> MINull:
+    """MI of >= `cfg.n_null_pairs` (permuted regulator, gene) pairs, as ARACNe-AP calibrates its threshold.
+
+    Each round permutes the cells of up to sqrt(K) random regulators independently
+    and pairs every one of them with up to K / that many random genes, so the
+    copula null is one (regulators x cells) @ (cells x genes) product per round
+    rather than a gather of K x N permuted values. `z_NxG`: precomputed copula scores.
+    """
     n, g = x_NxG.shape
     k = cfg.n_null_pairs
-    r_k = reg_idx[rng.integers(0, reg_idx.size, k)]
-    g_k = rng.integers(0, g - 1, k)
-    g_k = g_k + (g_k >= r_k)  # never the regulator itself
-    null = np.empty(k, np.float64)
-    chunk = max(1, (1 << 22) // n)
+    k_r = int(min(reg_idx.size, np.ceil(np.sqrt(k))))
+    k_g = int(min(g, np.ceil(k / k_r)))
     if cfg.estimator == "gaussian":
-        z_NxG = mi_lib.copula_scores(x_NxG, allow_constant=True)
-        for s in range(0, k, chunk):
-            perm_KxN = rng.permuted(np.broadcast_to(np.arange(n), (min(chunk, k - s), n)), axis=1)
-            zr_KxN = z_NxG[perm_KxN, r_k[s:s + chunk, None]]
-            r = np.einsum("kn,nk->k", zr_KxN, z_NxG[:, g_k[s:s + chunk]], dtype=np.float64) / n
-            null[s:s + chunk] = mi_lib.gaussian_mi_closed_form(np.clip(r, -1 + 1e-12, 1 - 1e-12))
+        z_NxG = mi_lib.copula_scores(x_NxG, allow_constant=True) if z_NxG is None else z_NxG
     else:
         ranks_NxG = mi_lib.rank_transform(x_NxG, ties="random", rng=rng)
-        for s in range(0, k, chunk):
-            perm_KxN = rng.permuted(np.broadcast_to(np.arange(n), (min(chunk, k - s), n)), axis=1)
-            xr_NxK = ranks_NxG[perm_KxN, r_k[s:s + chunk, None]].T
-            null[s:s + chunk] = mi_lib.adaptive_partition_mi(xr_NxK, ranks_NxG[:, g_k[s:s + chunk]])
-    return fit_null(null, cfg.null_tail_fraction)
+    null, got = [], 0
+    while got < k:  # usually one round; more only when regulators x genes < K
+        regs = rng.choice(reg_idx, k_r, replace=False)
+        genes = rng.choice(g, k_g, replace=False)
+        perm_RxN = rng.permuted(np.broadcast_to(np.arange(n), (k_r, n)), axis=1)
+        pair_ok = regs[:, None] != genes[None, :]  # never a regulator with itself
+        if cfg.estimator == "gaussian":
+            zr_RxN = z_NxG[perm_RxN, regs[:, None]].astype(np.float64)
+            r_RxG = zr_RxN @ z_NxG[:, genes].astype(np.float64) / n
+            vals = mi_lib.gaussian_mi_closed_form(np.clip(r_RxG, -1 + 1e-12, 1 - 1e-12))[pair_ok]
+        else:
+            vals = np.concatenate([  # one regulator at a time, vectorised over its genes
+                mi_lib.adaptive_partition_mi(np.repeat(ranks_NxG[perm_RxN[i], regs[i]][:, None], int(ok.sum()), 1),
+                                             ranks_NxG[:, genes[ok]])
+                for i, ok in enumerate(pair_ok)])
+        null.append(vals)
+        got += vals.size
+    return fit_null(np.concatenate(null)[:k], cfg.null_tail_fraction)
 
 
 def fit_null(null_mi: np.ndarray, tail_fraction: float = 0.05) -> MINull:
@@ -255,8 +267,8 @@ def consensus_from_counts(support_RxG: np.ndarray, mi_sum_RxG: np.ndarray, n_run
 # ----------------------------------------------------------------------------- one network
 
 
-def _single_run(x_NxG, reg_idx, threshold, cfg, rng):
-    mi_RxG = _mi_matrix(x_NxG, reg_idx, cfg, rng)
+def _single_run(x_NxG, reg_idx, threshold, cfg, rng, z_NxG=None):
+    mi_RxG = _mi_matrix(x_NxG, reg_idx, cfg, rng, z_NxG)
     passed = mi_RxG >= threshold
     kept = dpi_prune(np.where(passed, mi_RxG, 0.0), reg_idx, cfg.dpi_tolerance) if cfg.dpi else passed
     return mi_RxG, passed, kept
@@ -312,7 +324,8 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
         return x_NxG[rng.choice(n, n_run, replace=False)] if n_run < n else x_NxG
 
     null_x = sample(False)
-    null = permutation_null(null_x, reg_idx, cfg, rng)
+    null_z = mi_lib.copula_scores(null_x, allow_constant=True) if cfg.estimator == "gaussian" else None
+    null = permutation_null(null_x, reg_idx, cfg, rng, null_z)
     threshold = null.threshold(cfg.mi_pvalue)
     candidates = np.ones((reg_idx.size, len(genes)), bool)
     candidates[np.arange(reg_idx.size), reg_idx] = False
@@ -326,8 +339,10 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
         from tqdm.auto import tqdm
         it = tqdm(it, desc=f"ARACNe {name}".strip(), unit="run")
     for _ in it:
-        xb = sample(cfg.n_bootstraps > 1) if runs > 1 else null_x
-        mi_RxG, passed, kept = _single_run(xb, reg_idx, threshold, cfg, rng)
+        if runs > 1:
+            mi_RxG, passed, kept = _single_run(sample(True), reg_idx, threshold, cfg, rng)
+        else:  # one run on the cells as given: reuse the null's scores
+            mi_RxG, passed, kept = _single_run(null_x, reg_idx, threshold, cfg, rng, null_z)
         kept &= candidates
         support += kept
         mi_sum += np.where(kept, mi_RxG, 0.0)

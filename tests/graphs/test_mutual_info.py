@@ -130,3 +130,12 @@ def test_bucket_bounds_padding():
         b = mi.bucket(n)
         assert b >= n and b % 64 == 0 and (n < 256 or b <= 1.25 * n), (n, b)
     assert mi.bucket(700) == mi.bucket(650) == 768  # similar sizes share a compiled shape
+
+
+def test_midranks_match_scipy_on_sparse_tied_and_signed_data():
+    rng = np.random.default_rng(5)
+    cases = [rng.poisson(0.4, (300, 12)).astype(np.float32),  # mostly zeros: the sparse path
+             np.round(rng.standard_normal((80, 6)), 1),  # negatives and ties: the dense path
+             np.zeros((6, 2)), np.ones((6, 2))]
+    for x in cases:
+        assert_allclose(mi.rank_transform(x), stats.rankdata(x, axis=0) - 1.0, np.float64)
