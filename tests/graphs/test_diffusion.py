@@ -1,13 +1,15 @@
 """Chebyshev diffusion vs the exact heat kernel (scipy expm), masking, invariances, gradients."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
 
-from grn_jax.graphs import (diffuse, diffuse_exact, fixed_order_heat_kernel_plan, heat_kernel_plan,
-                            normalized_laplacian)
+from grn_jax.graphs import (ChebyshevPlan, EllLayout, apply_packed, diffuse, diffuse_exact, fixed_order_heat_kernel_plan,
+                            heat_kernel_plan, normalized_laplacian, pack_shifted)
 from grn_jax.testing import assert_rel_close, relative_error, tolerance
 from tests.graphs.test_laplacian import laplacian_oracle, random_graph_batch
 
@@ -45,16 +47,33 @@ def problem():
     return s, r, w, m, q, node, cls
 
 
-def _diffuse(s, r, w, m, q, node, cls, plan, **kw):
+K_PAD = 28  # every test plan is padded with zero coefficients to this order: one compile serves all
+
+
+def padded(plan):
+    """Coefficients c_0..c_K_PAD (zeros past the plan's order: exact, and one static shape)."""
+    assert plan.order <= K_PAD
+    c = np.zeros(K_PAD + 1)
+    c[:plan.order + 1] = plan.as_array()
+    return c
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "cell_loop"))
+def _run(s, r, w, m, q, coeffs, node, cls, layout=EllLayout(), cell_loop="auto"):
     lap = normalized_laplacian(s, r, w, m, q.shape[1])
-    return diffuse(lap, jnp.asarray(q), plan, node_mask_BxS=jnp.asarray(node), passthrough_mask_BxS=jnp.asarray(cls),
-                   **kw)
+    return diffuse(lap, q, coeffs, node_mask_BxS=node, passthrough_mask_BxS=cls, layout=layout, cell_loop=cell_loop)
+
+
+def _diffuse(s, r, w, m, q, node, cls, plan, **kw):
+    coeffs = padded(plan) if isinstance(plan, ChebyshevPlan) else np.asarray(plan)
+    dtype = np.float64 if np.asarray(q).dtype == np.float64 else np.float32
+    return _run(s, r, w, m, q, coeffs.astype(dtype), node, cls, **kw)
 
 
 @pytest.mark.parametrize("beta", BETAS)
 def test_float32_matches_expm(problem, beta):
     s, r, w, m, q, node, cls = problem
-    got = np.asarray(jax.jit(_diffuse, static_argnames="plan")(s, r, w, m, q, node, cls, plan=heat_kernel_plan(beta)))
+    got = np.asarray(_diffuse(s, r, w, m, q, node, cls, heat_kernel_plan(beta)))
     want = expm_oracle(s, r, w, m, np.where(node[..., None], q, 0), beta, N_REAL)
     assert got.dtype == np.float32
     assert np.all(got[~node] == 0), "padding positions must be zero"
@@ -85,9 +104,9 @@ def test_unhalved_c0_would_be_caught(problem):
     rejects it by a factor of ~1e6."""
     s, r, w, m, q, node, cls = problem
     plan = heat_kernel_plan(0.1)
-    unhalved = plan.as_array().copy()
+    unhalved = padded(plan)
     unhalved[0] *= 2.0  # diffuse halves c_0 itself; doubling reproduces the defect
-    bad = np.asarray(_diffuse(s, r, w, m, q, node, cls, jnp.asarray(unhalved, jnp.float32)))
+    bad = np.asarray(_diffuse(s, r, w, m, q, node, cls, unhalved))
     want = expm_oracle(s, r, w, m, np.where(node[..., None], q, 0), 0.1, N_REAL)
     assert relative_error(bad, want) > 0.5
     assert relative_error(bad, want) > 1e5 * tolerance(np.float32).rel
@@ -95,7 +114,9 @@ def test_unhalved_c0_would_be_caught(problem):
 
 def test_fixed_order_64_agrees(problem):
     s, r, w, m, q, node, cls = problem
-    got = _diffuse(s, r, w, m, q, node, cls, fixed_order_heat_kernel_plan(0.1, 64))
+    lap = normalized_laplacian(s, r, w, m, S)
+    got = diffuse(lap, jnp.asarray(q), fixed_order_heat_kernel_plan(0.1, 64), node_mask_BxS=node,
+                  passthrough_mask_BxS=cls, layout=None)
     want = expm_oracle(s, r, w, m, np.where(node[..., None], q, 0), 0.1, N_REAL)
     assert_rel_close(got, want, np.float32, what="K=64")
 
@@ -117,8 +138,7 @@ def test_one_way_star_is_bounded():
 def test_batch_and_padding_invariance(problem):
     s, r, w, m, q, node, cls = problem
     plan = heat_kernel_plan(1.0)
-    fn = jax.jit(_diffuse, static_argnames="plan")
-    ref = np.asarray(fn(s, r, w, m, q, node, cls, plan=plan))
+    ref = np.asarray(_diffuse(s, r, w, m, q, node, cls, plan))
     # other batch-mates: cell 0 kept, cells 1, 2 replaced by fresh graphs and queries
     rng = np.random.default_rng(7)
     s2, r2, w2, m2 = random_graph_batch(rng, B, S, E)
@@ -127,7 +147,7 @@ def test_batch_and_padding_invariance(problem):
         a[0] = b[0]
     node2, cls2 = _masks([16, 16, 16], S)
     node2[0] = node[0]
-    other = np.asarray(fn(s2, r2, w2, m2, q2, node2, cls2, plan=plan))
+    other = np.asarray(_diffuse(s2, r2, w2, m2, q2, node2, cls2, plan))
     np.testing.assert_array_equal(other[0], ref[0])
     # more padding (S 16 -> 40) and more edge slots (E 24 -> 64) for cell 1 (11 real tokens)
     pad_s, pad_e = 40, 64
@@ -139,9 +159,9 @@ def test_batch_and_padding_invariance(problem):
     qp = np.full((1, pad_s, D), 1e30, np.float32)
     qp[0, :S] = np.where(node[1][:, None], q[1], 1e30)
     nodep, clsp = _masks([N_REAL[1]], pad_s)
-    padded = np.asarray(fn(sp, rp, wp, mp, qp, nodep, clsp, plan=plan))
-    np.testing.assert_allclose(padded[0, :S], ref[1], rtol=1e-6, atol=1e-7)
-    assert np.all(padded[0, N_REAL[1]:] == 0)
+    more = np.asarray(_diffuse(sp, rp, wp, mp, qp, nodep, clsp, plan))
+    np.testing.assert_allclose(more[0, :S], ref[1], rtol=1e-6, atol=1e-7)
+    assert np.all(more[0, N_REAL[1]:] == 0)
 
 
 def test_permutation_equivariance(problem):
@@ -174,11 +194,11 @@ def test_grad_wrt_q_is_exp_minus_2_beta_l(problem):
     s, r, w, m, q, node, cls = problem
     beta = 0.5
     q0 = np.where(node[..., None], q, 0)
-    lap = normalized_laplacian(s, r, w, m, S)
     graph = jnp.asarray(node & ~cls)
+    coeffs = padded(heat_kernel_plan(beta)).astype(np.float32)
 
     def loss(qq):
-        out = diffuse(lap, qq, heat_kernel_plan(beta), node_mask_BxS=node, passthrough_mask_BxS=cls)
+        out = _run(s, r, w, m, qq, coeffs, node, cls)
         return 0.5 * jnp.sum(jnp.where(graph[..., None], out, 0) ** 2)
 
     got = jax.jit(jax.grad(loss))(jnp.asarray(q0))
@@ -193,12 +213,10 @@ def test_grad_wrt_edge_weights_matches_expm_finite_differences(problem):
     q0 = np.where(node[..., None], q, 0).astype(np.float64)
     g = np.random.default_rng(11).standard_normal(q0.shape)
     with jax.enable_x64(True):
-        plan = heat_kernel_plan(beta, 1e-13)
+        coeffs = padded(heat_kernel_plan(beta, 1e-13))
 
         def loss(ww):
-            lap = normalized_laplacian(s, r, ww, m, S)
-            out = diffuse(lap, jnp.asarray(q0), plan, node_mask_BxS=node, passthrough_mask_BxS=cls)
-            return jnp.sum(out * g)
+            return jnp.sum(_run(s, r, ww, m, jnp.asarray(q0), coeffs, node, cls) * g)
 
         grad = np.asarray(jax.grad(loss)(jnp.asarray(w, jnp.float64)))
 
@@ -234,3 +252,32 @@ def test_bad_arguments(problem):
         diffuse(lap, jnp.zeros((B, S, D)), plan, node_mask_BxS=node, cell_loop="scan")
     with pytest.raises(ValueError, match="BCOO"):
         diffuse(lap.todense(), jnp.zeros((B, S, D)), plan, node_mask_BxS=node)
+
+
+@pytest.mark.parametrize("layout", [EllLayout(width=2, heavy_rows=16, heavy_width=14),  # rows spill to heavy rows
+                                    EllLayout(width=1, heavy_rows=1, heavy_width=1),  # overflows: COO fallback
+                                    None])  # COO segment-sum path
+def test_sparse_layouts_agree_with_expm(problem, layout):
+    s, r, w, m, q, node, cls = problem
+    lap = normalized_laplacian(s, r, w, m, S)
+    if layout is not None:
+        packed = jax.vmap(pack_shifted, in_axes=(0, 0, 0, None, None))(
+            lap.data, lap.indices[..., 0], lap.indices[..., 1], S, layout)
+        assert bool(jnp.any(packed.overflow)) == (layout.width == 1)
+    got = _diffuse(s, r, w, m, q, node, cls, heat_kernel_plan(1.0), layout=layout)
+    want = expm_oracle(s, r, w, m, np.where(node[..., None], q, 0), 1.0, N_REAL)
+    assert_rel_close(got, want, np.float32, what=f"layout {layout}")
+
+
+def test_packed_product_matches_dense(problem):
+    """(L - I) t from the packed slots equals the dense product, hubs included."""
+    s, r, w, m, q, node, cls = problem
+    lap = normalized_laplacian(s, r, w, m, S)
+    layout = EllLayout(width=2, heavy_rows=16, heavy_width=14)  # rows with > 2 entries spill to heavy rows
+    t = np.random.default_rng(2).standard_normal((S, D)).astype(np.float32)
+    dense = np.asarray(lap.todense(), np.float64)
+    for b in range(B):
+        p = pack_shifted(lap.data[b], lap.indices[b, :, 0], lap.indices[b, :, 1], S, layout)
+        assert not bool(p.overflow) and float(p.heavy_chunk_used.sum()) > 0  # heavy rows in use
+        want = (dense[b] - np.eye(S)) @ t
+        assert_rel_close(apply_packed(p, jnp.asarray(t)), want, np.float32, what=f"cell {b}")
