@@ -68,13 +68,13 @@ def _value_codes(data: np.ndarray, max_table: int = 1 << 22):
     integral = np.issubdtype(data.dtype, np.integer) or np.array_equal(data, np.rint(data))
     top = float(np.max(data))
     if integral and top < max_table:
-        ints = data.astype(np.int64)
-        present = np.zeros(int(top) + 1, np.int64)
+        ints = data if np.issubdtype(data.dtype, np.integer) else data.astype(np.int32)
+        present = np.zeros(int(top) + 1, np.int32)
         present[ints] = 1
-        table = np.cumsum(present) - 1
-        return table[ints], int(table[-1]) + 1
+        table = np.cumsum(present, dtype=np.int32) - 1
+        return table.take(ints), int(table[-1]) + 1
     codes = np.unique(data, return_inverse=True)[1].astype(np.int64)
-    return codes, int(codes.max()) + 1
+    return codes, int(codes.max()) + 1  # int64 here; callers cast as needed
 
 
 def row_ranks(indptr: np.ndarray, data: np.ndarray, method: str = "auto", max_hist: int = 1 << 24):
@@ -86,16 +86,16 @@ def row_ranks(indptr: np.ndarray, data: np.ndarray, method: str = "auto", max_hi
     """
     n_rows = len(indptr) - 1
     counts = np.diff(indptr)
-    rows = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
     codes, k = _value_codes(data)
     if method not in ("auto", "hist", "sort"):
         raise ValueError(f"method must be 'auto', 'hist' or 'sort', got {method!r}")
-    if method == "hist" or (method == "auto" and n_rows * k <= max_hist):
-        flat = rows * k + codes
-        hist = np.bincount(flat, minlength=n_rows * k)
-        below = np.cumsum(hist.reshape(n_rows, k), axis=1).ravel() - hist  # exclusive prefix per row
+    if method == "hist" or (method == "auto" and n_rows * k <= min(max_hist, 2**31 - 1)):
+        flat = np.repeat(np.arange(0, n_rows * k, k, dtype=np.int32), counts)  # int32: n_rows * k < 2**31
+        flat += codes.astype(np.int32, copy=False)
+        hist = np.bincount(flat, minlength=n_rows * k).astype(np.int32)
+        below = np.cumsum(hist.reshape(n_rows, k), axis=1, dtype=np.int32).ravel() - hist  # exclusive prefix
         return below.take(flat), hist.take(flat)
-    order = row_value_order(indptr, codes)
+    order = row_value_order(indptr, codes.astype(np.int64))
     sc = codes.take(order)
     nnz = len(sc)
     row_start = np.repeat(indptr[:-1], counts)
