@@ -59,13 +59,18 @@ def test_infer_then_assign(files, capsys):
         assert set(e["regulator"]) <= genes and set(e["target"]) <= genes
 
 
-def test_infer_reports_bad_input(files, tmp_path):
+def test_infer_reports_bad_input(files, tmp_path, capsys):
+    """Bad input ends in exit code 2 and one line naming the problem (the CLI's contract)."""
     d, _ = files
-    with pytest.raises(ValueError, match="cell_type_key 'nope'"):
-        main(["grn", "infer", str(d / "train.h5ad"), "--cell-type-key", "nope", "--out", str(tmp_path),
-              "--regulators", str(d / "tfs.txt")])
-    with pytest.raises(ValueError, match="none of the .* regulators"):
-        main(["grn", "infer", str(d / "train.h5ad"), "--cell-type-key", "cell_type", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="no summary.json"):
-        main(["grn", "assign", str(d / "query.h5ad"), "--networks", str(tmp_path / "x"), "--train",
-              str(d / "train.h5ad"), "--out", str(tmp_path / "y")])
+    cases = [
+        (["grn", "infer", str(d / "train.h5ad"), "--cell-type-key", "nope", "--out", str(tmp_path),
+          "--regulators", str(d / "tfs.txt")], "cell_type_key 'nope' is not an obs column"),
+        (["grn", "infer", str(d / "train.h5ad"), "--cell-type-key", "cell_type", "--out", str(tmp_path)],
+         "none of the 1639 regulators"),
+        (["grn", "assign", str(d / "query.h5ad"), "--networks", str(tmp_path / "x"), "--train",
+          str(d / "train.h5ad"), "--out", str(tmp_path / "y")], "no summary.json"),
+    ]
+    for argv, msg in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"grn-jax grn: error: ") and msg in err, err
