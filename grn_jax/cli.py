@@ -227,6 +227,21 @@ def _add_pretrain(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _user_errors(name: str, fn: Callable) -> Callable:
+    """Run `fn(args)`; a ValueError/CheckpointError (bad input the user can fix) becomes one line + exit code 2."""
+
+    def run(args) -> int:
+        from grn_jax.train.checkpoint import CheckpointError
+
+        try:
+            return fn(args)
+        except (ValueError, CheckpointError) as e:
+            print(f"grn-jax {name}: error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def _add_graph_args(p) -> None:
     g = p.add_argument_group("graphs for the cells (as in training)")
     g.add_argument("--network", default=None, help="one GRN file (.tsv/.parquet) for every cell")
@@ -274,7 +289,7 @@ def _add_embed(sub) -> None:
         print(report.to_text())
         return 0
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=_user_errors("embed", run))
 
 
 def _add_export(sub) -> None:
@@ -293,7 +308,7 @@ def _add_export(sub) -> None:
                      platforms=tuple(x.strip() for x in args.platforms.split(",") if x.strip()))
         return 0
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=_user_errors("export", run))
 
 
 def _add_finetune(sub) -> None:
@@ -327,7 +342,7 @@ def _add_finetune(sub) -> None:
         finetune(args.checkpoint, args.data, cfg, graph=_graph_spec(args), step=args.step)
         return 0
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=_user_errors("finetune", run))
 
 
 _REGISTRARS: list[Callable] = [
