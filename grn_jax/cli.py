@@ -85,7 +85,7 @@ def _add_quickstart(sub) -> None:
     p.add_argument("--out", default="quickstart_out", help="output folder (default: quickstart_out)")
 
     def run(args) -> int:
-        from grn_jax.data import quickstart
+        from grn_jax.train.quickstart import quickstart  # data pipeline, then tiny pretraining
 
         quickstart(args.out)
         return 0

@@ -76,19 +76,21 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh) -> Any:
     return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
 
 
-def fit_sharding_to_shape(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding:
+def fit_sharding_to_shape(sharding: NamedSharding, shape: Sequence[int]) -> tuple[NamedSharding, int]:
     """Drop mesh axes from dimensions they do not divide (e.g. a 3-wide bias on tensor=2).
 
-    Such dimensions are replicated instead; `count_unfitted` reports how many.
+    Such dimensions are replicated instead; returns (sharding, number of dimensions dropped).
     """
     spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
     mesh_shape = sharding.mesh.shape
-    fitted = []
+    fitted, dropped = [], 0
     for dim, entry in zip(shape, spec):
         names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
         size = math.prod(mesh_shape[n] for n in names)
-        fitted.append(entry if size <= 1 or dim % size == 0 else None)
-    return NamedSharding(sharding.mesh, P(*fitted))
+        keep = size <= 1 or dim % size == 0
+        fitted.append(entry if keep else None)
+        dropped += not keep
+    return NamedSharding(sharding.mesh, P(*fitted)), dropped
 
 
 def param_shardings(abstract_boxed_params: Any, mesh: Mesh) -> tuple[Any, int]:
@@ -106,8 +108,8 @@ def param_shardings(abstract_boxed_params: Any, mesh: Mesh) -> tuple[Any, int]:
     flat_s, treedef = jax.tree_util.tree_flatten(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
     flat_p = treedef.flatten_up_to(shapes)
     for s, p in zip(flat_s, flat_p):
-        fitted = fit_sharding_to_shape(s, p.shape)
-        n_unfitted += fitted.spec != s.spec
+        fitted, dropped = fit_sharding_to_shape(s, p.shape)
+        n_unfitted += dropped
         out.append(fitted)
     return jax.tree_util.tree_unflatten(treedef, out), n_unfitted
 

@@ -99,3 +99,13 @@ def test_fsdp8_parameter_memory_is_an_eighth():
     # every parameter with an embed dimension is split 8 ways; only the mlp bias (32 floats) stays whole
     assert per_device == (total - 32 * 4) // 8 + 32 * 4
     assert abs(per_device / total - 1 / 8) < 0.02
+
+
+def test_indivisible_dimensions_are_replicated_and_counted():
+    mesh = sh.make_mesh(MeshConfig(1, 1, 8))
+    from jax.sharding import NamedSharding
+
+    fitted, dropped = sh.fit_sharding_to_shape(NamedSharding(mesh, P("fsdp", "tensor")), (16, 5))
+    assert fitted.spec == P("fsdp", None) and dropped == 1
+    fitted, dropped = sh.fit_sharding_to_shape(NamedSharding(mesh, P()), (16, 5))
+    assert fitted.spec == P(None, None) and dropped == 0
