@@ -1,8 +1,8 @@
 """One ARACNe network per cell type, from an AnnData (GREmLN A.1).
 
 Cell types come from an obs column, or from Leiden/Louvain clustering (scanpy)
-when no labels are given. A type with fewer than `min_cells` cells gets the
-configured fallback -- the network of all cells pooled ("pooled"), no network
+when no labels are given. A type with fewer than `min_cells` cells, or whose
+own network comes out empty, gets the configured fallback -- the network of all cells pooled ("pooled"), no network
 ("skip"), or an error ("error") -- and the summary says which. Within a type the
 subnetworks are bootstraps (ARACNe-AP) or, as in GREmLN, Louvain/Leiden
 sub-clusters, consolidated by `aracne.consensus`. Genes constant within a type
@@ -43,9 +43,9 @@ def log_normalised(adata, layer: Optional[str] = None, target_sum: float = 1e4) 
     """log1p(counts * target_sum / cell total) as CSR float64, via grn_jax.data.normalize."""
     from grn_jax.data.normalize import normalize_log1p
 
-    x = adata.layers[layer] if layer is not None else adata.X
     if layer is not None and layer not in adata.layers:
         raise ValueError(f"layer {layer!r} not in adata.layers (have {list(adata.layers)})")
+    x = adata.layers[layer] if layer is not None else adata.X
     x = sp.csr_matrix(x, dtype=np.float64)
     if x.data.size and not np.all(np.isfinite(x.data)):
         bad = np.flatnonzero(~np.isfinite(x.data))[0]

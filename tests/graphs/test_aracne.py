@@ -237,6 +237,8 @@ def test_cell_type_networks_with_fallbacks(typed, tmp_path):
                                      config=cfg, min_cells=10, fallback="error")
     with pytest.raises(ValueError, match="cell_type_key 'nope'"):
         ctn.infer_cell_type_networks(s.adata, cell_type_key="nope", regulators=tfs, config=cfg)
+    with pytest.raises(ValueError, match="layer 'counts' not in adata.layers"):
+        ctn.infer_cell_type_networks(s.adata, cell_type_key="ct", regulators=tfs, config=cfg, layer="counts")
 
 
 def test_unlabelled_cells_are_clustered_into_types():
