@@ -1,0 +1,278 @@
+"""Masked edge prediction on held-out cells (papers/gremln.txt §4.3, Figures 3-4, Table 2).
+
+For each cell of the (held-out) data, tokenised exactly as in training with its
+regulatory graph: 15 % of its undirected edges are hidden (each cell's choice drawn
+from its own seeded generator, so it never depends on batch-mates) and the frozen
+model runs on the *incomplete* graph. Candidate pairs are the hidden edges
+(label 1) and as many random gene pairs of the same cell that are not edges of its
+full graph (label 0). The predictor f(i, j, Ã, H_i, H_j) is a logistic regression
+on [H_i * H_j, |H_i - H_j|, deg_Ã(i) + deg_Ã(j), deg_Ã(i) * deg_Ã(j), common
+Ã-neighbours], trained on the pairs of a random part of the cells and scored on the
+pairs of the others (disjoint cells): AUROC and average precision with percentile
+bootstrap intervals over test cells.
+
+Node features H, one method each, all on the same pairs:
+- `grn_jax`: the checkpoint's final hidden state of each gene token;
+- `vanilla`: the same for a vanilla-attention checkpoint (the graph ablation);
+- `expression`: raw expression — the gene's log-normalised value in the cell and its
+  expression profile over the training cells, reduced by PCA to the model width;
+- `graph_only`: no node features (the Ã terms alone): what the embeddings add.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import anndata
+import jax
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from grn_jax.inference.checkpoint import Pretrained
+from grn_jax.inference.graph_sources import GraphSpec
+from grn_jax.tasks.features import load_checkpoint, read_data
+from grn_jax.tasks.metrics import bootstrap_ci, ranking_scores
+from grn_jax.tasks.results import TaskResult
+from grn_jax.tasks.splits import check_disjoint
+
+
+@dataclasses.dataclass
+class MaskedCell:
+    """One cell's tokens, its full and observed (incomplete) graphs and its candidate pairs.
+
+    Positions are 1-based token positions; pairs are (p, q) with p < q.
+    """
+
+    row: int  # dataset row
+    gene_ids: np.ndarray  # int32 [n] vocabulary ids of positions 1..n
+    values: np.ndarray  # float32 [n] normalised log1p expression (0 for neighbour tokens)
+    observed: np.ndarray  # int [m, 2] undirected edges kept
+    positives: np.ndarray  # int [h, 2] hidden edges
+    negatives: np.ndarray  # int [h', 2] non-edges
+    hidden: dict  # {method: float32 [n, D]} hidden states of positions 1..n
+
+
+def undirected_pairs(senders, receivers) -> np.ndarray:
+    """Unique (min, max) position pairs of a directed edge list, self-loops dropped ([m, 2], sorted)."""
+    s, r = np.asarray(senders), np.asarray(receivers)
+    keep = s != r
+    pairs = np.stack([np.minimum(s, r)[keep], np.maximum(s, r)[keep]], axis=1)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+
+
+def mask_cell_edges(pairs: np.ndarray, n_tokens: int, fraction: float, rng: np.random.Generator):
+    """(observed pairs, hidden pairs, negative pairs) of one cell, or None when it has < 2 edges.
+
+    At least one edge is hidden; negatives are drawn uniformly from the gene
+    pairs that are not edges of the full graph (fewer if the cell has fewer).
+    """
+    m = len(pairs)
+    if m < 2:
+        return None
+    n_hide = max(1, int(round(fraction * m)))
+    perm = rng.permutation(m)
+    hidden, observed = pairs[np.sort(perm[:n_hide])], pairs[np.sort(perm[n_hide:])]
+    iu = np.triu_indices(n_tokens, k=1)
+    all_pairs = np.stack(iu, axis=1) + 1  # positions 1..n
+    is_edge = np.zeros((n_tokens + 1, n_tokens + 1), bool)
+    is_edge[pairs[:, 0], pairs[:, 1]] = True
+    candidates = all_pairs[~is_edge[all_pairs[:, 0], all_pairs[:, 1]]]
+    k = min(n_hide, len(candidates))
+    negatives = candidates[np.sort(rng.choice(len(candidates), size=k, replace=False))] if k else candidates[:0]
+    return observed, hidden, negatives
+
+
+def _models_agree(pre: Pretrained, other: Pretrained) -> None:
+    if other.vocab != pre.vocab or other.model_config.n_bins != pre.model_config.n_bins:
+        raise ValueError(f"edge prediction: the vanilla checkpoint {other.run_dir} has another vocabulary or bin "
+                         f"count than {pre.run_dir}; both must tokenise cells identically to share the pairs")
+
+
+def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, others: Optional[dict] = None,
+                 mask_fraction: float = 0.15, batch_size: int = 32, seed: int = 0) -> tuple[list, dict]:
+    """Tokenise every cell as in training, hide edges, run the frozen model(s) on the incomplete graph.
+
+    `others`: {method: Pretrained} run on the very same tokens and incomplete graphs.
+    Returns (MaskedCell list, counts of the cells left out and why).
+    """
+    from grn_jax.data.ingest import open_counts
+    from grn_jax.inference.graph_sources import build_graph_source, check_graph_matches_training
+    from grn_jax.inference.model_fn import batch_arrays, jitted_inference_fn
+    from grn_jax.inference.tokens import TrainingTokenizer
+
+    if not 0.0 < mask_fraction < 1.0:
+        raise ValueError(f"edge prediction: mask_fraction must be in (0, 1), got {mask_fraction}")
+    if not graph.given:
+        raise ValueError("edge prediction needs the cells' regulatory graph; pass the network(s) used in training")
+    tok = TrainingTokenizer.from_record(pre.tokenization, pre.vocab)
+    check_graph_matches_training(graph, pre.tokenization.get("graph"), f"checkpoint {pre.run_dir}")
+    if tok.with_cell_graph:
+        raise ValueError(f"checkpoint {pre.run_dir} uses cell-specific graphs; edge prediction masks the "
+                         "cell-type graph only and does not support it yet")
+    models = {"grn_jax": pre, **(others or {})}
+    for other in models.values():
+        _models_agree(pre, other)
+    fns = {m: jitted_inference_fn(p.model_config, False) for m, p in models.items()}
+    ingest = tok.ingest_config(backed=False, cell_type_column=None)
+    src = open_counts(adata, ingest)
+    col_ids, _ = tok.column_map(src)
+    gsrc, _ = build_graph_source(graph, pre.vocab, src, 4096, log=lambda m: None)
+    cells, counts = [], {"cells": int(src.n_cells), "cells_without_tokens": 0, "cells_with_fewer_than_2_edges": 0,
+                         "cells_with_fewer_negatives": 0}
+    for start, block in src.chunks(4096):
+        t = tok.tokenize(block, start, col_ids, src, ingest=ingest, graph_source=gsrc)
+        counts["cells_without_tokens"] += int((t.lengths == 0).sum())
+        for batch, pos in tok.batches(t, batch_size):
+            tb = batch.tokens
+            g = tb.graph
+            edge_mask = np.array(g.edge_mask)
+            pending = []
+            for r in range(len(pos)):  # host-side masking, one seeded generator per cell
+                n = int(tb.token_mask[r].sum()) - 1
+                if n == 0:
+                    continue  # counted as a cell without tokens above
+                valid = g.edge_mask[r]
+                pairs = undirected_pairs(g.senders[r][valid], g.receivers[r][valid])
+                row = int(batch.cell_index[r])
+                res = mask_cell_edges(pairs, n, mask_fraction, np.random.default_rng([seed, row]))
+                if res is None:
+                    counts["cells_with_fewer_than_2_edges"] += 1
+                    continue
+                observed, hidden, negatives = res
+                counts["cells_with_fewer_negatives"] += int(len(negatives) < len(hidden))
+                lo, hi = np.minimum(g.senders[r], g.receivers[r]), np.maximum(g.senders[r], g.receivers[r])
+                hide = np.zeros((n + 2, n + 2), bool)
+                hide[hidden[:, 0], hidden[:, 1]] = True
+                edge_mask[r] &= ~hide[np.clip(lo, 0, n + 1), np.clip(hi, 0, n + 1)]
+                i = int(pos[r])
+                a, b = int(t.token_ptr[i]), int(t.token_ptr[i + 1])
+                pending.append((r, MaskedCell(row, t.gene_ids[a:b].copy(), t.values[a:b].copy(), observed, hidden,
+                                              negatives, {})))
+            masked = tb.replace(graph=g.replace(edge_mask=edge_mask))
+            for m, fn in fns.items():
+                _, _, hidden_BxSxD = jax.device_get(fn(models[m].params, *batch_arrays(masked, False)))
+                for r, cell in pending:
+                    cell.hidden[m] = np.asarray(hidden_BxSxD[r, 1:len(cell.gene_ids) + 1], np.float32)
+            cells += [c for _, c in pending]
+    src.close()
+    return cells, counts
+
+
+def pair_features(node_NxF: Optional[np.ndarray], observed: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """[H_p * H_q, |H_p - H_q|, deg_p + deg_q, deg_p * deg_q, common neighbours] of `pairs` (1-based positions).
+
+    Degrees and common neighbours are in the observed graph Ã; `node_NxF` None
+    gives the graph terms only.
+    """
+    n = (node_NxF.shape[0] if node_NxF is not None else int(max(observed.max(initial=0), pairs.max(initial=0))))
+    adj = np.zeros((n + 1, n + 1), np.float64)
+    if len(observed):
+        adj[observed[:, 0], observed[:, 1]] = adj[observed[:, 1], observed[:, 0]] = 1.0
+    deg = adj.sum(1)
+    p, q = pairs[:, 0], pairs[:, 1]
+    common = (adj[p] * adj[q]).sum(1)
+    graph_terms = np.stack([deg[p] + deg[q], deg[p] * deg[q], common], axis=1)
+    if node_NxF is None:
+        return graph_terms
+    h = np.concatenate([np.zeros((1, node_NxF.shape[1])), np.asarray(node_NxF, np.float64)])  # position 0 = CLS
+    return np.concatenate([h[p] * h[q], np.abs(h[p] - h[q]), graph_terms], axis=1)
+
+
+def expression_node_features(cells: list, train_cells: np.ndarray, vocab_size: int, dim: int) -> list:
+    """Per cell [n, 1 + dim]: the gene's value in the cell and its PCA profile over the training cells."""
+    prof = np.zeros((vocab_size, len(train_cells)))
+    for j, ci in enumerate(train_cells):  # host-side scatter of ragged tokens
+        prof[cells[ci].gene_ids, j] = cells[ci].values
+    seen = prof.any(axis=1)
+    k = max(1, min(dim, int(seen.sum()) - 1, len(train_cells) - 1))
+    emb = np.zeros((vocab_size, k))
+    if seen.sum() > k:
+        emb[seen] = PCA(n_components=k, random_state=0).fit_transform(prof[seen])
+    return [np.concatenate([c.values[:, None].astype(np.float64), emb[c.gene_ids]], axis=1) for c in cells]
+
+
+def _dataset(cells: list, idx: np.ndarray, nodes: Optional[list]):
+    xs, ys, groups = [], [], []
+    for i in idx:
+        c = cells[i]
+        pairs = np.concatenate([c.positives, c.negatives])
+        xs.append(pair_features(None if nodes is None else nodes[i], c.observed, pairs))
+        ys.append(np.r_[np.ones(len(c.positives)), np.zeros(len(c.negatives))])
+        groups.append(np.full(len(pairs), c.row))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
+
+
+def edge_scores(cells: list, *, test_fraction: float = 0.3, n_boot: int = 200, level: float = 0.95,
+                seed: int = 0, expression_dim: int = 16) -> tuple[dict, dict]:
+    """Fit the pair predictor per method on training cells, score test cells: {method: {auroc, ap}} + curves."""
+    if len(cells) < 4:
+        raise ValueError(f"edge prediction: {len(cells)} cells with >= 2 edges; need >= 4 to split")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(cells))
+    n_test = min(len(cells) - 2, max(2, int(round(test_fraction * len(cells)))))
+    test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    check_disjoint([cells[i].row for i in train], [cells[i].row for i in test])
+    node_sets = {m: [c.hidden[m] for c in cells] for m in cells[0].hidden}
+    node_sets["expression"] = expression_node_features(cells, train, int(max(c.gene_ids.max() for c in cells)) + 1,
+                                                       expression_dim)
+    node_sets["graph_only"] = None
+    table, curves = {}, {}
+    for m, nodes in node_sets.items():
+        x_tr, y_tr, _ = _dataset(cells, train, nodes)
+        x_te, y_te, g_te = _dataset(cells, test, nodes)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+        score = clf.fit(x_tr, y_tr).predict_proba(x_te)[:, 1]
+        point = ranking_scores(y_te, score)
+        row = {}
+        for name, fn in (("auroc", _auroc), ("ap", _ap)):
+            lo, hi, used = bootstrap_ci(fn, y_te, score, g_te, n_boot=n_boot, level=level, seed=seed)
+            row[name] = {"value": point[name], "ci": [lo, hi], "bootstrap_used": used}
+        table[m] = row
+        fpr, tpr, _ = roc_curve(y_te, score)
+        prec, rec, _ = precision_recall_curve(y_te, score)
+        curves[m] = {"roc": _thin(fpr, tpr), "pr": _thin(rec, prec)}
+    details = {"curves": curves, "train_cells": int(len(train)), "test_cells": int(len(test)),
+               "test_pairs": int(len(y_te)), "test_positives": int(y_te.sum())}
+    return table, details
+
+
+def _auroc(y, s):
+    return ranking_scores(y, s)["auroc"]
+
+
+def _ap(y, s):
+    return ranking_scores(y, s)["ap"]
+
+
+def _thin(x, y, n: int = 200) -> list:
+    idx = np.unique(np.linspace(0, len(x) - 1, min(n, len(x))).astype(int))
+    return [[float(x[i]), float(y[i])] for i in idx]
+
+
+def evaluate_edge_prediction(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, anndata.AnnData], *,
+                             graph: GraphSpec, vanilla: Union[str, Path, Pretrained, None] = None,
+                             mask_fraction: float = 0.15, test_fraction: float = 0.3, n_boot: int = 200,
+                             level: float = 0.95, batch_size: int = 32, seed: int = 0,
+                             log: Callable[[str], None] = print) -> TaskResult:
+    """Masked edge prediction (module docstring); returns a `TaskResult` named "edge_prediction"."""
+    adata = read_data(data)
+    pre = load_checkpoint(checkpoint)
+    van = load_checkpoint(vanilla)
+    cells, counts = masked_cells(pre, adata, graph=graph, others=None if van is None else {"vanilla": van},
+                                 mask_fraction=mask_fraction, batch_size=batch_size, seed=seed)
+    counts["cells_used"] = len(cells)
+    log(f"edge prediction: {len(cells)} cells with edges to hide ({counts['cells_with_fewer_than_2_edges']} with "
+        f"fewer than 2 edges and {counts['cells_without_tokens']} without tokens left out)")
+    table, details = edge_scores(cells, test_fraction=test_fraction, n_boot=n_boot, level=level, seed=seed,
+                                 expression_dim=pre.model_config.d_model)
+    settings = {"checkpoint": pre.run_dir, "vanilla": None if van is None else van.run_dir,
+                "mask_fraction": mask_fraction, "test_fraction": test_fraction, "n_boot": n_boot, "level": level,
+                "seed": seed, "predictor": "standardise + logistic regression on [H_i*H_j, |H_i-H_j|, Ã degree "
+                "sum/product, common Ã-neighbours]", "ci": "percentile bootstrap over test cells"}
+    return TaskResult("edge_prediction", {"held_out_cells": table}, counts, settings, details)
