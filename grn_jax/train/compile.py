@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import jax
 
-from grn_jax.config import RunConfig
 from grn_jax.train import sharding as sh
 from grn_jax.train.loop import check_batch_layout
 from grn_jax.train.optim import make_optimizer
 from grn_jax.train.state import abstract_with_shardings, state_shardings
 from grn_jax.train.step import jit_train_step, make_train_step
+
+
+if TYPE_CHECKING:
+    from grn_jax.config import RunConfig
 
 
 @dataclasses.dataclass

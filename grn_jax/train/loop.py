@@ -16,12 +16,11 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import jax
 import numpy as np
 
-from grn_jax.config import RunConfig, dump_run_config, resolve_vocab_size
 from grn_jax.train import distributed
 from grn_jax.train import sharding as sh
 from grn_jax.train.checkpoint import Checkpointer
@@ -45,6 +44,10 @@ def _fault_injection(environ=os.environ) -> tuple[int, int]:
         return int(step), int(getattr(signal, "SIG" + (name or "KILL").upper()))
     except (ValueError, AttributeError) as e:
         raise ValueError(f"{FAULT_ENV}={raw!r}: expected STEP or STEP:KILL / STEP:TERM") from e
+
+
+if TYPE_CHECKING:
+    from grn_jax.config import RunConfig
 
 
 class NonFiniteLossError(RuntimeError):
@@ -128,6 +131,7 @@ def _check_resume_config(saved: dict, current: dict, step: int) -> None:
 
 def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainResult:
     """Run (or resume) pretraining as configured; see the module docstring."""
+    from grn_jax.config import dump_run_config, resolve_vocab_size
     from grn_jax.models import build_model, example_batch
     from grn_jax.models.summary import count_params
     from grn_jax.train.data import open_train_data
