@@ -345,6 +345,117 @@ def _add_finetune(sub) -> None:
     p.set_defaults(func=_user_errors("finetune", run))
 
 
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="downstream evaluations with baselines in the same run (JSON + markdown)")
+    tsub = p.add_subparsers(dest="eval_task", required=True)
+
+    def common(name: str, help_: str):
+        q = tsub.add_parser(name, help=help_)
+        q.add_argument("data", help="evaluation .h5ad (counts as in pretraining)")
+        q.add_argument("--checkpoint", required=True, help="pretraining run directory or export folder")
+        q.add_argument("--out", required=True, help="output folder for <task>.json and <task>.md")
+        q.add_argument("--batch-size", type=int, default=32, help="cells per forward pass (no effect on results)")
+        q.add_argument("--seed", type=int, default=0)
+        _add_graph_args(q)
+        return q
+
+    def vanilla(q):
+        q.add_argument("--vanilla", default=None, help="vanilla-attention checkpoint (the graph ablation baseline)")
+
+    def splits(q, test_fraction: float):
+        q.add_argument("--n-splits", type=int, default=3, help="random splits (mean ± sd; default 3)")
+        q.add_argument("--test-fraction", type=float, default=test_fraction)
+
+    q = common("annotation", "cell-type annotation from frozen embeddings (GREmLN 4.2)")
+    vanilla(q), splits(q, 0.2)
+    q.add_argument("--label-key", required=True, help="obs column of cell types")
+    q.add_argument("--heldout-types", default="", help="comma-separated types unseen in pretraining (zero-shot)")
+    q.add_argument("--min-cells-per-type", type=int, default=5)
+    q.add_argument("--layer", default=None, help="layer with counts for the PCA baseline (default: X)")
+    q = common("edge_prediction", "masked edge prediction on held-out cells (GREmLN 4.3)")
+    vanilla(q)
+    q.add_argument("--mask-fraction", type=float, default=0.15)
+    q.add_argument("--test-fraction", type=float, default=0.3)
+    q.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of test cells for the CIs")
+    q = common("probe", "expression reconstruction linear probe, R2 (GREmLN A.7)")
+    vanilla(q), splits(q, 0.2)
+    q.add_argument("--n-genes", type=int, default=50, help="most variable genes to reconstruct")
+    q.add_argument("--layer", default=None, help="layer with counts (default: X)")
+    for name, help_ in (("reverse_perturbation", "which gene was knocked out (GREmLN 4.5)"),
+                        ("perturbation_response", "post-knockout expression change, PCC_delta (GRNFormer 4.2)")):
+        q = common(name, help_)
+        q.add_argument("--condition-key", default="condition", help="obs column: 'control' or the knocked-out gene")
+        q.add_argument("--control", default="control", help="value of the control cells (default: control)")
+        q.add_argument("--min-cells-per-condition", type=int, default=5)
+        q.add_argument("--layer", default=None, help="layer with counts (default: X)")
+        if name == "reverse_perturbation":
+            vanilla(q), splits(q, 0.2)
+            q.add_argument("--finetune-dir", default=None, help="also fine-tune (per split) in this folder")
+            q.add_argument("--finetune-steps", type=int, default=100)
+        else:
+            splits(q, 0.25)
+            q.add_argument("--max-control-cells", type=int, default=200)
+    q = common("attention", "TF enrichment ratio of attention with a permutation null (GRNFormer 4.6)")
+    q.add_argument("--tfs", default=None, help="file of TF names, one per line (default: bundled human TFs)")
+    q.add_argument("--tf-column", default=None, help="bool var column marking TFs (e.g. is_tf of simulated data)")
+    q.add_argument("--n-perm", type=int, default=1000)
+
+    skip = {"func", "command", "eval_task", "data", "checkpoint", "out", "network", "networks_dir",
+            "cell_type_column", "reference", "reference_layer", "knn_k", "alpha"}
+
+    def run(args) -> int:
+        from grn_jax.tasks.run import run_eval
+
+        kw = {k: v for k, v in vars(args).items() if k not in skip}
+        if "heldout_types" in kw:
+            kw["heldout_types"] = [t.strip() for t in kw["heldout_types"].split(",") if t.strip()]
+        if kw.get("tfs") is not None:
+            from grn_jax.resources import read_gene_list
+
+            kw["tfs"] = read_gene_list(kw["tfs"])
+        result, _ = run_eval(args.eval_task, args.out, checkpoint=args.checkpoint, data=args.data,
+                             graph=_graph_spec(args), **kw)
+        print(result.to_markdown())
+        return 0
+
+    p.set_defaults(func=_user_errors("eval", run))
+
+
+def _load_benchmark(name: str):
+    """Import benchmarks/<name>.py from the source checkout (benchmarks are not installed)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    if not path.is_file():
+        raise ValueError(f"benchmark file {path} not found: `grn-jax bench` runs from a source checkout "
+                         f"(pip install -e .)")
+    spec = importlib.util.spec_from_file_location(f"grn_jax_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run a benchmark from benchmarks/ and write benchmarks/results/")
+    bsub = p.add_subparsers(dest="bench_command", required=True)
+    d = bsub.add_parser("diffusion", help="Chebyshev heat-kernel diffusion vs eigh / dense baselines")
+    d.add_argument("--quick", action="store_true", help="G <= 2048, fewer repetitions")
+    d.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048, 4096], help="genes per cell")
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("--width", type=int, default=512, help="Q width (heads x head dim)")
+    d.add_argument("--beta", type=float, default=0.1)
+    d.add_argument("--reps", type=int, default=5)
+    d.add_argument("--out-dir", default=None, help="default: benchmarks/results")
+
+    def run_diffusion(args) -> int:
+        _load_benchmark("bench_diffusion").run(tuple(args.sizes), args.batch, args.width, args.beta, args.reps,
+                                               args.quick, args.out_dir)
+        return 0
+
+    d.set_defaults(func=run_diffusion)
+
+
 _REGISTRARS: list[Callable] = [
     _add_version,
     _add_model,
@@ -357,6 +468,8 @@ _REGISTRARS: list[Callable] = [
     _add_embed,
     _add_export,
     _add_finetune,
+    _add_bench,
+    _add_eval,
 ]
 
 
