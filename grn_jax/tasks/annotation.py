@@ -27,7 +27,8 @@ import numpy as np
 from grn_jax.inference.checkpoint import Pretrained
 from grn_jax.inference.graph_sources import GraphSpec
 from grn_jax.tasks.classifiers import linear_classifier
-from grn_jax.tasks.features import cell_embeddings, load_checkpoint, log_normalized, obs_column, read_data
+from grn_jax.tasks.features import (cell_embeddings, graph_for, load_checkpoint, log_normalized, obs_column,
+                                    read_data)
 from grn_jax.tasks.metrics import classification_scores, summarize
 from grn_jax.tasks.results import TaskResult
 from grn_jax.tasks.splits import check_disjoint, min_count_filter, stratified_splits
@@ -67,7 +68,7 @@ def annotation_scores(features: dict, labels, *, n_splits: int = 3, test_fractio
 
 def evaluate_annotation(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, anndata.AnnData], *,
                         label_key: str, graph: GraphSpec = GraphSpec(),
-                        vanilla: Union[str, Path, Pretrained, None] = None, vanilla_graph: GraphSpec = GraphSpec(),
+                        vanilla: Union[str, Path, Pretrained, None] = None, vanilla_graph: Optional[GraphSpec] = None,
                         heldout_types: Sequence[str] = (), n_splits: int = 3, test_fraction: float = 0.2,
                         min_cells_per_type: int = 5, pooling: str = "mean", layer: Optional[str] = None,
                         batch_size: int = 64, seed: int = 0, log: Callable[[str], None] = print) -> TaskResult:
@@ -79,7 +80,8 @@ def evaluate_annotation(checkpoint: Union[str, Path, Pretrained], data: Union[st
     feats = {"grn_jax": emb}
     van = load_checkpoint(vanilla)
     if van is not None:
-        v_emb, v_ok = cell_embeddings(van, adata, graph=vanilla_graph, pooling=pooling,
+        v_emb, v_ok = cell_embeddings(van, adata, graph=vanilla_graph or graph_for(van, graph),
+                                        pooling=pooling,
                                       batch_size=batch_size)
         feats["vanilla"] = v_emb
         ok &= v_ok

@@ -91,3 +91,9 @@ def cell_embeddings(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec
     embed(pre, work, graph=graph, batch_size=batch_size, progress=False, log=lambda m: None)
     emb = np.asarray(work.obsm[POOLINGS[pooling]], np.float32)
     return emb, np.isfinite(emb).all(axis=1)
+
+
+def graph_for(pre: Pretrained, graph: GraphSpec) -> GraphSpec:
+    """`graph` if `pre` was trained with per-cell graphs, else no graph (e.g. a vanilla ablation trained without)."""
+    trained_with = pre.tokenization.get("graph") not in (None, "none")
+    return graph if trained_with else GraphSpec()

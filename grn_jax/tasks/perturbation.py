@@ -38,7 +38,8 @@ from sklearn.linear_model import Ridge
 from grn_jax.inference.checkpoint import Pretrained
 from grn_jax.inference.graph_sources import GraphSpec
 from grn_jax.tasks.classifiers import linear_classifier
-from grn_jax.tasks.features import cell_embeddings, load_checkpoint, log_normalized, obs_column, read_data
+from grn_jax.tasks.features import (cell_embeddings, graph_for, load_checkpoint, log_normalized, obs_column,
+                                    read_data)
 from grn_jax.tasks.metrics import classification_scores, pcc_delta, summarize, top_k_auc
 from grn_jax.tasks.results import TaskResult
 from grn_jax.tasks.splits import check_disjoint, group_splits, min_count_filter, stratified_splits
@@ -90,7 +91,8 @@ def _finetuned_predictions(pre: Pretrained, adata: anndata.AnnData, labels: np.n
 def evaluate_reverse_perturbation(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, anndata.AnnData],
                                   *, condition_key: str = "condition", control: str = "control",
                                   graph: GraphSpec = GraphSpec(), vanilla: Union[str, Path, Pretrained, None] = None,
-                                  vanilla_graph: GraphSpec = GraphSpec(), finetune_dir: Union[str, Path, None] = None,
+                                  vanilla_graph: Optional[GraphSpec] = None,
+                                  finetune_dir: Union[str, Path, None] = None,
                                   finetune_steps: int = 100, n_splits: int = 3, test_fraction: float = 0.2,
                                   min_cells_per_condition: int = 5, pooling: str = "mean",
                                   layer: Optional[str] = None, batch_size: int = 32, seed: int = 0,
@@ -111,7 +113,8 @@ def evaluate_reverse_perturbation(checkpoint: Union[str, Path, Pretrained], data
     feats = {"grn_jax_frozen": emb}
     van = load_checkpoint(vanilla)
     if van is not None:
-        feats["vanilla_frozen"], v_ok = cell_embeddings(van, sub, graph=vanilla_graph, pooling=pooling,
+        feats["vanilla_frozen"], v_ok = cell_embeddings(van, sub, graph=vanilla_graph or graph_for(van, graph),
+                                        pooling=pooling,
                                                         batch_size=batch_size)
         ok &= v_ok
     feats["lasso_logreg"] = log_normalized(sub, layer=layer)

@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 
 from grn_jax.inference.checkpoint import Pretrained
 from grn_jax.inference.graph_sources import GraphSpec
-from grn_jax.tasks.features import cell_embeddings, load_checkpoint, log_normalized, read_data
+from grn_jax.tasks.features import cell_embeddings, graph_for, load_checkpoint, log_normalized, read_data
 from grn_jax.tasks.metrics import summarize
 from grn_jax.tasks.results import TaskResult
 from grn_jax.tasks.splits import check_disjoint
@@ -75,7 +75,7 @@ def probe_scores(features: dict, expression, *, n_genes: int = 50, n_splits: int
 
 def evaluate_probe(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, anndata.AnnData], *,
                    graph: GraphSpec = GraphSpec(), vanilla: Union[str, Path, Pretrained, None] = None,
-                   vanilla_graph: GraphSpec = GraphSpec(), n_genes: int = 50, n_splits: int = 3,
+                   vanilla_graph: Optional[GraphSpec] = None, n_genes: int = 50, n_splits: int = 3,
                    test_fraction: float = 0.2, pooling: str = "mean", layer: Optional[str] = None,
                    batch_size: int = 64, seed: int = 0, log: Callable[[str], None] = print) -> TaskResult:
     """Expression probe (see the module docstring); returns a `TaskResult` named "probe"."""
@@ -85,7 +85,8 @@ def evaluate_probe(checkpoint: Union[str, Path, Pretrained], data: Union[str, Pa
     feats = {"grn_jax": emb}
     van = load_checkpoint(vanilla)
     if van is not None:
-        feats["vanilla"], v_ok = cell_embeddings(van, adata, graph=vanilla_graph, pooling=pooling,
+        feats["vanilla"], v_ok = cell_embeddings(van, adata, graph=vanilla_graph or graph_for(van, graph),
+                                        pooling=pooling,
                                                  batch_size=batch_size)
         ok &= v_ok
     expr = log_normalized(adata, layer=layer)
