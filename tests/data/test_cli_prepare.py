@@ -1,11 +1,12 @@
-"""`grn-jax prepare` and `grn-jax quickstart` end to end through the CLI entry point."""
+"""`grn-jax prepare` through the CLI entry point, and the data stage of the quickstart."""
 
 import json
 
 import numpy as np
+import pytest
 
 from grn_jax.cli import main
-from grn_jax.data import ShardStore
+from grn_jax.data import ShardStore, quickstart
 
 from ._helpers import toy_adata
 
@@ -28,12 +29,26 @@ def test_prepare_command_with_network_and_overrides(tmp_path, capsys):
     assert sum(len(store.cell(i)["edge_src"]) for i in range(len(store))) == m["summary"]["tokens"]["edges_kept"] > 0
 
 
-def test_quickstart_prints_summary_and_writes_shards(tmp_path, capsys):
-    assert main(["quickstart", "--out", str(tmp_path / "qs")]) == 0
-    out = capsys.readouterr().out
+def test_quickstart_data_stage_prints_summary_and_writes_shards(tmp_path):
+    lines = []
+    summary = quickstart(tmp_path / "qs", networks=False, echo=lines.append)
+    out = "\n".join(lines)
     for needle in ("700 in, 700 kept, 0 filtered", "765 in data", "vocabulary       768 tokens",
-                   "100 expression bins", "seq buckets", "content hash"):
+                   "100 expression bins", "seq buckets      [256, 512] used", "content hash"):
         assert needle in out
     store = ShardStore(tmp_path / "qs" / "shards", verify=True)
-    assert len(store) == 700
+    assert len(store) == 700 and summary["cells"]["cells_kept"] == 700
     assert np.isin(store.cells_table()["cell_type"], ["Dendritic", "CD14+ Monocyte"]).sum() == 369
+
+
+@pytest.mark.slow
+def test_quickstart_data_stage_with_cell_type_networks(tmp_path):
+    summary = quickstart(tmp_path / "qs", echo=lambda _: None)
+    assert summary["networks"]["cell_types"] >= 10 and summary["tokens"]["edges_kept"] > 0
+    store = ShardStore(tmp_path / "qs" / "shards", verify=True)
+    cells = [store.cell(i) for i in range(len(store))]
+    assert sum(len(c["edge_src"]) for c in cells) == summary["tokens"]["edges_kept"]
+    for c in cells:
+        if len(c["edge_src"]):
+            assert min(c["edge_src"].min(), c["edge_dst"].min()) >= 1
+            assert max(c["edge_src"].max(), c["edge_dst"].max()) <= len(c["gene_ids"])
