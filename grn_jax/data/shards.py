@@ -33,6 +33,15 @@ _TOKEN_ARRAYS = ("cell_index", "token_ptr", "gene_ids", "bins", "values", "edge_
 _CELL_GRAPH_ARRAYS = ("cell_edge_ptr", "cell_edge_src", "cell_edge_dst", "cell_edge_weight")
 
 
+def _jsonable(o):
+    """Manifest fallback for numpy scalars/arrays and other objects in third-party source reports."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
 def _concat_ragged(parts: list[TokenizedCells], with_cell_graph: bool) -> dict[str, np.ndarray]:
     def ptr_cat(ptrs):
         out, base = [np.zeros(1, np.int64)], 0
@@ -135,7 +144,7 @@ class ShardWriter:
                         shards=[{"name": f"shard_{i:05d}", "cells": c, "tokens": t}
                                 for i, (c, t) in enumerate(zip(self.shard_cells, self.shard_tokens))])
         manifest["content_hash"] = content_hash(self.out, manifest)
-        (self.out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        (self.out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=_jsonable))
         return manifest
 
 
