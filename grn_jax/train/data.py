@@ -14,13 +14,14 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+import jax
 import numpy as np
 
 from grn_jax.data.collate import CellBatch
 from grn_jax.data.loader import BatchIterator, make_loader
 from grn_jax.data.masking import mask_bins
 from grn_jax.data.shards import ShardStore
-from grn_jax.types import TokenBatch
+from grn_jax.types import GENE_PAD, GraphBatch, TokenBatch
 
 VAL_SPLIT_SEED = 12_345  # the held-out cells do not change with train.seed
 
@@ -45,6 +46,45 @@ class _Subset:
 
     def __getitem__(self, i: int) -> dict:
         return self.cell(i)
+
+
+def _pad_graph_to(g: GraphBatch, e: int) -> GraphBatch:
+    extra = e - g.senders.shape[1]
+    if extra == 0:
+        return g
+    pad = lambda x, v: np.pad(np.asarray(x), ((0, 0), (0, extra)), constant_values=v)  # noqa: E731
+    # padded edge slots point at position 1 with weight 0 and edge_mask False (the collate convention)
+    return GraphBatch(pad(g.senders, 1), pad(g.receivers, 1), pad(g.weights, 0.0), pad(g.edge_mask, False))
+
+
+def pad_batch_to(batch: CellBatch, seq_len: int, num_edges: int, pad_bin: int) -> CellBatch:
+    """Pad a collated batch to a larger (seq_len, num_edges) bucket; padding is masked and inert."""
+    t = batch.tokens
+    s_extra = seq_len - t.gene_ids.shape[1]
+    if s_extra < 0 or num_edges < t.graph.senders.shape[1]:
+        raise ValueError(f"cannot pad a batch of shape S={t.gene_ids.shape[1]}, E={t.graph.senders.shape[1]} "
+                         f"down to S={seq_len}, E={num_edges}")
+    pad = lambda x, v: np.pad(np.asarray(x), ((0, 0), (0, s_extra)), constant_values=v)  # noqa: E731
+    tokens = TokenBatch(gene_ids=pad(t.gene_ids, GENE_PAD), bins=pad(t.bins, pad_bin), targets=pad(t.targets, 0),
+                        loss_mask=pad(t.loss_mask, False), token_mask=pad(t.token_mask, False),
+                        graph=_pad_graph_to(t.graph, num_edges),
+                        cell_graph=None if t.cell_graph is None else _pad_graph_to(t.cell_graph, num_edges))
+    return batch.replace(tokens=tokens)
+
+
+def agree_on_shape(batch: CellBatch, pad_bin: int) -> CellBatch:
+    """On many hosts, pad every host's local batch to the largest (S, E) bucket any host drew.
+
+    Each host collates its own cells into a bucket; a global array needs one shape.
+    One small all-gather of two integers per step; a no-op on one host.
+    """
+    if jax.process_count() == 1:
+        return batch
+    from jax.experimental import multihost_utils
+
+    mine = np.array([batch.tokens.gene_ids.shape[1], batch.tokens.graph.senders.shape[1]], np.int32)
+    s, e = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2).max(axis=0)
+    return pad_batch_to(batch, int(s), int(e), pad_bin)
 
 
 def split_cells(n_cells: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -137,12 +177,18 @@ class TrainData:
                              f"{self.process_count} hosts; raise train.val_fraction or set train.eval_every=0")
         it = make_loader(_Subset(self.store, self.val_idx, "val"), batch_size, shuffle=False, num_epochs=1,
                          drop_remainder=False, process_index=self.process_index, process_count=self.process_count)
+        # every host must run the same number of evaluation steps: the fewest any host has
+        fewest_cells = len(self.val_idx) // self.process_count
+        n = min(n_batches, -(-fewest_cells // batch_size))
         out = []
         for batch in it:
-            out.append(batch)
-            if len(out) == n_batches:
+            if len(out) == n:
                 break
+            out.append(agree_on_shape(batch, self.store.bin_spec.pad_id))
         return out
+
+    def agree_on_shape(self, batch: CellBatch) -> CellBatch:
+        return agree_on_shape(batch, self.store.bin_spec.pad_id)
 
     @staticmethod
     def batch_stats(batch: CellBatch) -> tuple[int, int]:

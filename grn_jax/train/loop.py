@@ -114,7 +114,7 @@ def _write_json(path: Path, obj) -> None:
         os.replace(tmp, path)
 
 
-def _check_resume_config(saved: dict, current: dict, step: int) -> None:
+def _check_resume_config(saved: dict, current: dict, step: int, log=print) -> None:
     """Refuse to resume a checkpoint made by a different model/objective (the run would not be the same)."""
     for section in ("model",):
         if saved.get(section) != current.get(section):
@@ -127,6 +127,11 @@ def _check_resume_config(saved: dict, current: dict, step: int) -> None:
         if a != b:
             raise ValueError(f"train.{key}: the checkpoint in train.run_dir (step {step}) was made with {a}, "
                              f"now {b}; exact resume needs the same value (or use a new train.run_dir)")
+    for key in ("steps", "optim"):
+        a, b = saved.get("train", {}).get(key), current.get("train", {}).get(key)
+        if a != b:
+            log(f"note: train.{key} changed since checkpoint step {step} ({a} -> {b}); the learning-rate "
+                f"schedule from here on differs from the original run's")
 
 
 def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainResult:
@@ -171,7 +176,7 @@ def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainR
     else:
         abstract, shardings, n_unfitted = state_shardings(init_params, tx, mesh, rng)
         restored = ckpt.restore(start, abstract_with_shardings(abstract, shardings))
-        _check_resume_config(restored.config, resolved, start)
+        _check_resume_config(restored.config, resolved, start, log)
         if restored.vocab != data.vocab:
             raise ValueError(f"data.shards: the vocabulary of {cfg.data.shards} differs from the one saved in "
                              f"checkpoint step {start}; resume with the data the run was started on")
@@ -215,7 +220,7 @@ def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainR
     try:
         with _SigtermFlag() as sigterm:
             while step < t.steps:
-                local = next(train_iter)
+                local = data.agree_on_shape(next(train_iter))
                 state, m = train_fn(state, sh.global_batch(local, mesh))
                 m = jax.device_get(m)
                 if not bool(m["finite"]):

@@ -52,3 +52,30 @@ def test_bfloat16_compute_keeps_float32_parameters():
     out = jax.eval_shape(lambda k: model.init_with_output({"params": k}, batch, deterministic=True)[0],
                          jax.random.key(0))
     assert out.hidden.dtype == jnp.bfloat16
+
+
+def test_padding_to_a_larger_bucket_is_inert():
+    import numpy as np
+
+    from grn_jax.data.collate import collate
+    from grn_jax.data.masking import mask_bins
+    from grn_jax.train.data import pad_batch_to
+    from grn_jax.types import BinSpec
+
+    spec = BinSpec(8)
+    cells = [{"cell": i, "gene_ids": np.arange(3, 3 + n, dtype=np.int32), "bins": np.arange(n, dtype=np.int32) % 8,
+              "edge_src": np.array([1, 2], np.int32), "edge_dst": np.array([2, 3], np.int32),
+              "edge_weight": np.array([0.5, 1.0], np.float32)} for i, n in enumerate([5, 9])]
+    small = collate(cells, spec, (16, 32), (4, 8))
+    big = pad_batch_to(small, 32, 8, spec.pad_id)
+    t, u = small.tokens, big.tokens
+    assert u.gene_ids.shape == (2, 32) and u.graph.senders.shape == (2, 8)
+    np.testing.assert_array_equal(u.gene_ids[:, :16], t.gene_ids)
+    assert not u.token_mask[:, 16:].any() and not u.graph.edge_mask[:, 4:].any()
+    assert (u.bins[:, 16:] == spec.pad_id).all() and (u.graph.weights[:, 4:] == 0).all()
+    key = jax.random.key(3)
+    m_small = mask_bins(key, t, 0.3, spec, cell_ids=small.cell_index)
+    m_big = mask_bins(key, u, 0.3, spec, cell_ids=big.cell_index)
+    np.testing.assert_array_equal(np.asarray(m_big.loss_mask)[:, :16], np.asarray(m_small.loss_mask))
+    with pytest.raises(ValueError, match="cannot pad"):
+        pad_batch_to(small, 8, 8, spec.pad_id)
