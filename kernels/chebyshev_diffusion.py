@@ -77,6 +77,8 @@ def _validate(q_BxSxC, ell: EllLaplacian, coeffs_K):
     if ell.indices.shape[:2] != (b, s) or ell.values.shape != ell.indices.shape:
         raise ValueError(f"ELL indices/values must be [B, S, R] = [{b}, {s}, R] to match q, got "
                          f"{ell.indices.shape} / {ell.values.shape}")
+    if ell.row_degree.shape != (b, s):
+        raise ValueError(f"ELL row_degree must be [{b}, {s}], got {ell.row_degree.shape}")
     if ell.node_mask.shape != (b, s) or ell.passthrough_mask.shape != (b, s):
         raise ValueError(f"ELL node_mask/passthrough_mask must be [{b}, {s}], got {ell.node_mask.shape}/"
                          f"{ell.passthrough_mask.shape}")
@@ -125,7 +127,7 @@ def chebyshev_diffusion_reference(q_BxSxC, ell: EllLaplacian, coeffs_K, *,
     return _finish(acc, q_BxSxC, ell.node_mask, ell.passthrough_mask)
 
 
-def _kernel(coef_ref, mask_ref, idx_ref, val_ref, q_ref, acc_ref, ta_ref, tb_ref, *,
+def _kernel(coef_ref, mask_ref, deg_ref, idx_ref, val_ref, q_ref, acc_ref, ta_ref, tb_ref, *,
             k_terms, seq_len, width, block_rows, block_degree, interpret):
     """One program: one cell x one column block; all K recurrence steps.
 
@@ -145,13 +147,16 @@ def _kernel(coef_ref, mask_ref, idx_ref, val_ref, q_ref, acc_ref, ta_ref, tb_ref
         return pl.ds(pl.multiple_of(i * block_rows, block_rows), block_rows)
 
     def matvec_tile(src_ref, i):
+        # Only the degree tiles some row of this tile fills: hubs widen the ELL, not every row's work.
+        n_tiles = jnp.minimum((jnp.max(deg_ref[rows(i)]) + block_degree - 1) // block_degree, n_deg_tiles)
+
         def deg_body(r, y):
             cols = pl.ds(pl.multiple_of(r * block_degree, block_degree), block_degree)
             nbr = idx_ref[rows(i), cols]  # [br, bd]
             v = val_ref[rows(i), cols].astype(jnp.float32)
             g = src_ref[nbr, :]  # [br, bd, bc]
             return y + jnp.sum(v[:, :, None] * g, axis=1)
-        return jax.lax.fori_loop(0, n_deg_tiles, deg_body, jnp.zeros((block_rows, bc), jnp.float32))
+        return jax.lax.fori_loop(0, n_tiles, deg_body, jnp.zeros((block_rows, bc), jnp.float32))
 
     def init_tile(i, c):
         m = mask_ref[rows(i)] != 0
@@ -195,7 +200,8 @@ def _kernel(coef_ref, mask_ref, idx_ref, val_ref, q_ref, acc_ref, ta_ref, tb_ref
         step(k_terms - 1, tb_ref, ta_ref)
 
 
-def _pallas_forward(q_BxSxC, indices, values, node_mask, coeffs_K, block: ChebyshevBlocks, interpret: bool):
+def _pallas_forward(q_BxSxC, indices, values, node_mask, degree, coeffs_K, block: ChebyshevBlocks,
+                    interpret: bool):
     b, s, c = q_BxSxC.shape
     width = indices.shape[-1]
     bc = _fit(block.block_cols, c, "block_cols", "C (query columns)")
@@ -217,6 +223,7 @@ def _pallas_forward(q_BxSxC, indices, values, node_mask, coeffs_K, block: Chebys
         in_specs=[
             pl.BlockSpec((k_terms,), lambda bi, ci: (0,)),
             pl.BlockSpec((None, s), lambda bi, ci: (bi, 0)),
+            pl.BlockSpec((None, s), lambda bi, ci: (bi, 0)),
             ell_spec, ell_spec, col_spec,
         ],
         out_specs=[col_spec, col_spec, col_spec],
@@ -224,30 +231,30 @@ def _pallas_forward(q_BxSxC, indices, values, node_mask, coeffs_K, block: Chebys
         interpret=interpret,
         name="chebyshev_diffusion",
         **params,
-    )(coeffs_K.astype(jnp.float32), node_mask.astype(jnp.int32), indices.astype(jnp.int32),
+    )(coeffs_K.astype(jnp.float32), node_mask.astype(jnp.int32), degree.astype(jnp.int32), indices.astype(jnp.int32),
       values.astype(jnp.float32), q_BxSxC)
     return acc
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _diffuse(q_BxSxC, indices, values, node_mask, passthrough, coeffs_K, block, interpret):
-    acc = _pallas_forward(q_BxSxC, indices, values, node_mask, coeffs_K, block, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _diffuse(q_BxSxC, indices, values, node_mask, passthrough, degree, coeffs_K, block, interpret):
+    acc = _pallas_forward(q_BxSxC, indices, values, node_mask, degree, coeffs_K, block, interpret)
     return _finish(acc, q_BxSxC, node_mask, passthrough)
 
 
-def _diffuse_fwd(q_BxSxC, indices, values, node_mask, passthrough, coeffs_K, block, interpret):
-    out = _diffuse(q_BxSxC, indices, values, node_mask, passthrough, coeffs_K, block, interpret)
-    return out, (indices, values, node_mask, passthrough, coeffs_K, jnp.zeros((0,), q_BxSxC.dtype))
+def _diffuse_fwd(q_BxSxC, indices, values, node_mask, passthrough, degree, coeffs_K, block, interpret):
+    out = _diffuse(q_BxSxC, indices, values, node_mask, passthrough, degree, coeffs_K, block, interpret)
+    return out, (indices, values, node_mask, passthrough, degree, coeffs_K, jnp.zeros((0,), q_BxSxC.dtype))
 
 
 def _diffuse_bwd(block, interpret, res, g_BxSxC):
-    indices, values, node_mask, passthrough, coeffs_K, dtype_tag = res
+    indices, values, node_mask, passthrough, degree, coeffs_K, dtype_tag = res
     # The operator P = Pass + N f(L) N (N: graph-node mask, Pass: passthrough rows) is
     # symmetric, so dQ = P g: the same fused kernel on the cotangent.
     g32 = g_BxSxC.astype(jnp.float32)
-    acc = _pallas_forward(g32, indices, values, node_mask, coeffs_K, block, interpret)
+    acc = _pallas_forward(g32, indices, values, node_mask, degree, coeffs_K, block, interpret)
     dq = _finish(acc, g32, node_mask, passthrough).astype(dtype_tag.dtype)
-    return dq, None, None, None, None, None
+    return dq, None, None, None, None, None, None
 
 
 _diffuse.defvjp(_diffuse_fwd, _diffuse_bwd)
@@ -267,5 +274,5 @@ def chebyshev_diffusion(q_BxSxC, ell: EllLaplacian, coeffs_K, *,
     _validate(q_BxSxC, ell, coeffs_K)
     if not isinstance(block, ChebyshevBlocks):
         raise ValueError(f"block must be a ChebyshevBlocks, got {type(block).__name__}")
-    return _diffuse(q_BxSxC, ell.indices, ell.values, ell.node_mask, ell.passthrough_mask, coeffs_K, block,
-                    bool(interpret))
+    return _diffuse(q_BxSxC, ell.indices, ell.values, ell.node_mask, ell.passthrough_mask, ell.row_degree, coeffs_K,
+                    block, bool(interpret))

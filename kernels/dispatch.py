@@ -83,7 +83,8 @@ def pallas_gdka(q_BxSxHxD, k_BxSxHxD, v_BxSxHxD, key_mask_BxS, laplacian, node_m
         ell = ell.replace(
             indices=jnp.concatenate([ell.indices, jnp.broadcast_to(rows[None, :, None], (b, pad, ell.width))], axis=1),
             values=_pad_axis(ell.values, 1, pad, 0), node_mask=_pad_axis(ell.node_mask, 1, pad, False),
-            passthrough_mask=_pad_axis(ell.passthrough_mask, 1, pad, False))
+            passthrough_mask=_pad_axis(ell.passthrough_mask, 1, pad, False),
+            row_degree=_pad_axis(ell.row_degree, 1, pad, 0))
     qd = chebyshev_diffusion(q_BxSxHxD.reshape(b, s_pad, c), ell, jnp.asarray(coeffs, jnp.float32),
                              block=block.diffusion, interpret=interpret).reshape(b, s_pad, h, d)
     d_pad = max(16, _next_pow2(d)) - d

@@ -32,7 +32,8 @@ from flax import struct
 class EllLaplacian:
     """L~ = L - I per cell in ELL form, plus which rows are diffused.
 
-    indices_BxSxR: int32 neighbour positions; values_BxSxR: float32 entries of L~.
+    indices_BxSxR: int32 neighbour positions; values_BxSxR: float32 entries of L~,
+    filled slots first in every row (row_degree of them), so a kernel may skip the rest.
     node_mask_BxS: graph nodes (gene tokens: token_mask without the CLS);
     passthrough_mask_BxS: rows returned unchanged by diffusion (the CLS).
     """
@@ -43,6 +44,7 @@ class EllLaplacian:
     passthrough_mask: jax.Array  # bool [B, S]
     num_invalid_edges: jax.Array  # int32 [B]
     num_dropped: jax.Array  # int32 [B]
+    row_degree: jax.Array  # int32 [B, S]: filled slots per row (the kernel skips empty degree tiles)
 
     @property
     def width(self) -> int:
@@ -92,13 +94,14 @@ def _place(rows_N, cols_N, vals_N, live_N, s_len: int, width: int):
     slot = uid - row_first_uid[row]
     placed = first & (slot < width)
     num_dropped = jnp.sum(first & (slot >= width)).astype(jnp.int32)
+    row_degree = jax.ops.segment_sum(placed.astype(jnp.int32), row, num_segments=s_len)
     flat = jnp.where(placed, row * width + slot, s_len * width)  # out of bounds -> not written
     pos_S = jnp.arange(s_len, dtype=jnp.int32)
     indices = jnp.broadcast_to(pos_S[:, None], (s_len, width)).reshape(-1)
     indices = indices.at[flat].set(col.astype(jnp.int32), mode="drop")
     values = jnp.zeros((s_len * width,), jnp.float32).at[flat].set(
         v_u[jnp.minimum(uid, n - 1)].astype(jnp.float32), mode="drop")
-    return indices.reshape(s_len, width), values.reshape(s_len, width), num_dropped
+    return indices.reshape(s_len, width), values.reshape(s_len, width), num_dropped, row_degree
 
 
 def _ell_one_cell(senders_E, receivers_E, weights_E, edge_mask_E, token_mask_S, width):
@@ -122,10 +125,10 @@ def _ell_one_cell(senders_E, receivers_E, weights_E, edge_mask_E, token_mask_S, 
                 + jax.ops.segment_sum(w_E, rcv, num_segments=s_len))
     inv_sqrt_S = jnp.where(degree_S > 0, jax.lax.rsqrt(jnp.where(degree_S > 0, degree_S, 1.0)), 0.0)
     val_E = -w_E * inv_sqrt_S[snd] * inv_sqrt_S[rcv]
-    indices, values, num_dropped = _place(
+    indices, values, num_dropped, row_degree = _place(
         jnp.concatenate([snd, rcv]), jnp.concatenate([rcv, snd]), jnp.concatenate([val_E, val_E]),
         jnp.concatenate([keep_E, keep_E]), s_len, width)
-    return indices, values, node_mask_S, pos_S == 0, num_invalid, num_dropped
+    return indices, values, node_mask_S, pos_S == 0, num_invalid, num_dropped, row_degree
 
 
 def _from_bcoo_one(data_N, idx_Nx2, graph_S, width):
@@ -137,8 +140,8 @@ def _from_bcoo_one(data_N, idx_Nx2, graph_S, width):
     num_invalid = jnp.sum(live & ~(in_range & on_graph)).astype(jnp.int32)
     # Entries touching CLS/padding are kept (counted as invalid): the operator then equals the BCOO
     # one exactly, as `grn_jax.graphs.diffuse` applies it. Out-of-range entries cannot be gathered.
-    ind, val, dropped = _place(rows, cols, data_N.astype(jnp.float32), live & in_range, s_len, width)
-    return ind, val, num_invalid, dropped
+    ind, val, dropped, degree = _place(rows, cols, data_N.astype(jnp.float32), live & in_range, s_len, width)
+    return ind, val, num_invalid, dropped, degree
 
 
 @functools.partial(jax.jit, static_argnames=("width",))
@@ -170,8 +173,8 @@ def ell_from_laplacian(laplacian, node_mask_BxS, passthrough_mask_BxS, *, width:
                          f"{passthrough_mask_BxS.shape}")
 
     graph_BxS = node_mask_BxS & ~passthrough_mask_BxS
-    ind, val, invalid, dropped = _from_bcoo_batch(data_BxN, idx_BxNx2, graph_BxS, width=int(width))
-    ell = EllLaplacian(ind, val, graph_BxS, passthrough_mask_BxS, invalid, dropped)
+    ind, val, invalid, dropped, degree = _from_bcoo_batch(data_BxN, idx_BxNx2, graph_BxS, width=int(width))
+    ell = EllLaplacian(ind, val, graph_BxS, passthrough_mask_BxS, invalid, dropped, degree)
     if not isinstance(dropped, jax.core.Tracer):
         check_ell(ell)
     return ell

@@ -97,6 +97,22 @@ def test_cell_output_independent_of_batch_mates_and_padding():
     np.testing.assert_array_equal(np.asarray(out_alone[0, :14]), np.asarray(out_pair[0, :14]))
 
 
+def test_hub_graph_with_mostly_empty_degree_tiles():
+    # A star (hub 1 linked to every gene) plus a chain: width 32, but most row tiles need one degree tile.
+    s = 32
+    snd = np.concatenate([np.ones(30, np.int32), np.arange(2, 31, dtype=np.int32)])[None]
+    rcv = np.concatenate([np.arange(2, 32, dtype=np.int32), np.arange(3, 32, dtype=np.int32)])[None]
+    w = np.linspace(0.1, 2.0, snd.shape[1], dtype=np.float32)[None]
+    ell = build_ell_laplacian(snd, rcv, w, np.ones_like(snd, bool), np.ones((1, s), bool), width=32)
+    assert int(ell.row_degree[0, 1]) == 30 and int(ell.row_degree[0, 10]) == 3
+    q = jnp.asarray(np.random.default_rng(2).normal(size=(1, s, 8)), jnp.float32)
+    coeffs = jnp.asarray(heat_coeffs(2.0, 12), jnp.float32)
+    out, dq = _kernel_and_vjp(q, ell, coeffs, q, ChebyshevBlocks(block_cols=8, block_rows=8, block_degree=4))
+    ref, dq_ref = _reference_and_vjp(q, ell, coeffs, q)
+    assert_rel_close(out, ref, jnp.float32, what="hub forward")
+    assert_rel_close(dq, dq_ref, jnp.float32, what="hub vjp")
+
+
 def test_validation_errors():
     _, ell, q = _case(5, 1, 16, 8, 10, [16])
     coeffs = jnp.ones((3,), jnp.float32)

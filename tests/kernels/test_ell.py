@@ -27,6 +27,7 @@ def test_hand_computed_path_graph():
     assert_allclose(ell_to_dense(ell)[0], want, np.float32)
     np.testing.assert_array_equal(np.asarray(ell.node_mask[0]), [False, True, True, True, False])
     np.testing.assert_array_equal(np.asarray(ell.passthrough_mask[0]), [True, False, False, False, False])
+    np.testing.assert_array_equal(np.asarray(ell.row_degree[0]), [0, 1, 2, 1, 0])
     # Empty slots point at their own row with value 0.
     assert int(ell.indices[0, 4, 0]) == 4 and float(ell.values[0, 4, 0]) == 0.0
     assert ell_degree_bound(snd, rcv, em, 5, multiple=1) == 2
