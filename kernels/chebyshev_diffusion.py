@@ -5,7 +5,9 @@ three-term recurrence T_k = 2 L~ T_{k-1} - T_{k-2}, reading L~ from the ELL
 layout (`kernels.ell`). One program owns one cell and one block of query
 columns for all S rows, so the whole recurrence runs inside the program: no
 K round trips through XLA ops. Within a step it walks row tiles; each tile
-gathers its neighbours' T_{k-1} rows with one indexed load per degree chunk.
+gathers its neighbours' T_{k-1} rows with one indexed load per degree chunk,
+and only for the chunks some row of the tile fills (`row_degree`), so a few
+hub genes widen the ELL without multiplying every row's work.
 
 Where the data lives on GPU (Triton lowering): T_{k-1}/T_{k-2} of the program's
 column block ping-pong in two per-program scratch buffers (written and re-read
