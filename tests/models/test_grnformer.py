@@ -27,7 +27,7 @@ def _cells(seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def _setup(gnn="sage", attention="vanilla"):
+def _setup(gnn="sage", attention="diffusion"):  # GDKA + adapter: a combination neither paper tried
     model = build_model(_cfg(gnn, attention=attention))
     variables = init_variables(model, jax.random.key(0), make_batch(_cells(), S, E, N_BINS, cell_graph=True))
     return model, variables, jax.jit(lambda v, b: model.apply(v, b, deterministic=True))
@@ -51,8 +51,9 @@ def test_grnformer_requires_an_adapter():
         GRNFormer(tiny())
 
 
-@pytest.mark.parametrize("gnn,attention", [("sage", "vanilla"),
-                                           pytest.param("gcn", "diffusion", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("gnn,attention", [("sage", "diffusion"),
+                                           pytest.param("gcn", "vanilla", marks=pytest.mark.slow),
+                                           pytest.param("gin", "vanilla", marks=pytest.mark.slow)])
 def test_grnformer_cell_independent_of_batch_mates_and_padding(gnn, attention):
     model, variables, fwd = _setup(gnn, attention)
     cells = _cells()
