@@ -40,8 +40,9 @@ def make_run(root: Path, sim, *, attention: str = "diffusion", name: str = "run"
     net_path = root / "net.tsv"
     if not net_path.exists():
         write_network(sim.network, net_path)
-    shards = root / f"shards_{name}"
-    prepare(sim.adata, shards, data_config(), graph=sim.network, overwrite=True)
+    shards = root / "shards"
+    if not (shards / "manifest.json").exists():  # runs of one root share the tokenised cells
+        prepare(sim.adata, shards, data_config(), graph=sim.network, overwrite=True)
     cfg = build_run_config({
         "name": name, "data": {"shards": str(shards), "shuffle": False},
         "model": {"preset": "tiny", "n_bins": 8, "d_model": 16, "n_layers": 1, "n_heads": 2, "mlp_dim": 16,
