@@ -37,7 +37,7 @@ class OpTime:
 
     @property
     def nested(self) -> bool:
-        """Control-flow ops (while/conditional/call) whose time includes the ops they run."""
+        """Control-flow ops (while / conditional / call, by HLO name) whose time includes the ops they run."""
         return self.name.startswith(_CONTROL_FLOW)
 
 
@@ -92,7 +92,7 @@ class ProfileReport:
         return "\n".join(lines)
 
 
-_CONTROL_FLOW = ("while", "conditional", "call")
+_CONTROL_FLOW = ("while", "cond", "call")  # HLO names: while.N, conditional.N / cond.N, call.N
 _HLO_NAME = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=", re.M)
 
 
