@@ -77,3 +77,22 @@ def test_lowering_rejects_non_power_of_two_tiles():
     with pytest.raises(ValueError, match="power of 2"):
         _triton_kernels(lambda q, e: chebyshev_diffusion(q, e, jnp.ones((3,)), block=ChebyshevBlocks(
             block_rows=12, block_cols=16)), jnp.ones((1, 24, 16)), ell)
+
+
+def test_gremln_gradient_with_pallas_impl_lowers_to_triton(monkeypatch):
+    # The whole model's training gradient (scanned GDKA layers) with attention_impl="pallas", for CUDA.
+    import grn_jax.kernels.dispatch as dispatch
+    from grn_jax.models import build_model, example_batch, tiny
+
+    monkeypatch.setattr(dispatch, "pallas_unavailable_reason", lambda **kw: None)
+    cfg = tiny(attention_impl="pallas")
+    model = build_model(cfg)
+    batch = example_batch(cfg, batch_size=2, seq_len=32, num_edges=32)
+    params = jax.eval_shape(lambda key: model.init({"params": key}, batch, deterministic=True), jax.random.key(0))
+
+    def loss(p, batch):
+        return jnp.mean(model.apply(p, batch, deterministic=True).bin_logits ** 2)
+
+    names = _triton_kernels(jax.grad(loss), params, batch)
+    assert sorted(set(names)) == ["chebyshev_diffusion", "diffusion_flash_attention",
+                                  "diffusion_flash_attention_dkv", "diffusion_flash_attention_dq"]
