@@ -50,6 +50,12 @@ def finetune_and_predict(pre: Pretrained, adata: anndata.AnnData, labels: np.nda
 
     if np.intersect1d(train_idx, test_idx).size:
         raise ValueError("finetune_and_predict: train and test cells overlap")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        # finetune resumes from (and reuses the shards of) an existing folder, whose training cells may be
+        # another split's test cells: refuse rather than leak
+        raise ValueError(f"fine-tuning folder {out_dir} is not empty; pass a new --finetune-dir (each evaluation "
+                         "fine-tunes from scratch on its own training cells)")
     train = adata[np.asarray(train_idx)].copy()
     train.obs[LABEL_COLUMN] = np.asarray(labels)[train_idx]
     cfg = FinetuneConfig(label_key=LABEL_COLUMN, out_dir=str(out_dir), pooling="mean", steps=steps,

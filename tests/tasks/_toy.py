@@ -30,7 +30,7 @@ def simulated(n_cells: int = 160, seed: int = 0):
                     seed=seed)
 
 
-def make_run(root: Path, sim, *, attention: str = "diffusion", name: str = "run") -> dict:
+def make_run(root: Path, sim, *, attention: str = "diffusion", name: str = "run", model: dict | None = None) -> dict:
     """Shards from `sim` (its true network as every cell's graph) and an initial checkpoint."""
     from grn_jax.config import build_run_config
     from grn_jax.data import prepare
@@ -46,7 +46,7 @@ def make_run(root: Path, sim, *, attention: str = "diffusion", name: str = "run"
     cfg = build_run_config({
         "name": name, "data": {"shards": str(shards), "shuffle": False},
         "model": {"preset": "tiny", "n_bins": 8, "d_model": 16, "n_layers": 1, "n_heads": 2, "mlp_dim": 16,
-                  "attention": attention},
+                  "attention": attention, **(model or {})},
         "train": {"run_dir": str(root / name), "steps": 1, "batch_size": 8, "eval_every": 0,
                   "checkpoint_every": 1, "tensorboard": False, "progress": False, "async_checkpoint": False,
                   "val_fraction": 0.0},

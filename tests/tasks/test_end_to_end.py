@@ -194,3 +194,34 @@ def test_reverse_perturbation_finetuned(runs, sim, tmp_path):
                                       **QUIET)
     row = r.metrics["perturbed_cells"]["grn_jax_finetuned"]
     assert row["accuracy"]["n"] == 2 and 0.5 <= row["top_k_auc"]["mean"] <= 1.0
+
+
+@pytest.mark.slow
+def test_attention_reads_the_grnformer_fusion_layer_like_the_model_read_out(sim, tmp_path):
+    """On a GRNFormer checkpoint the read-out is the fusion cross-attention; phi equals models.attention_importance."""
+    import jax
+
+    from grn_jax.inference import GraphSpec, TrainingTokenizer, batch_arrays, load_pretrained
+    from grn_jax.inference.graph_sources import build_graph_source
+    from grn_jax.data.ingest import open_counts
+    from grn_jax.models import attention_importance, build_model
+    from grn_jax.tasks.attention import importance_fn
+    from tests.tasks._toy import make_run
+
+    run = make_run(tmp_path, sim, attention="vanilla", name="grnformer",
+                   model={"adapter": {"fusion_heads": 2, "perturb_alpha": 0.0}})
+    pre = load_pretrained(run["run"])
+    graph = GraphSpec(network=str(run["network"]))
+    r = evaluate_attention(pre, sim.adata[:40], graph=graph, tf_column="is_tf", n_perm=100, **QUIET)
+    assert r.settings["layer"] == "fusion cross-attention"
+    tok = TrainingTokenizer.from_record(pre.tokenization, pre.vocab)
+    src = open_counts(sim.adata[:16].copy(), tok.ingest_config(backed=False))
+    col_ids, _ = tok.column_map(src)
+    gsrc, _ = build_graph_source(graph, pre.vocab, src, 64, log=lambda m: None)
+    t = tok.tokenize(src.rows(0, 16), 0, col_ids, src, ingest=tok.ingest_config(backed=False), graph_source=gsrc)
+    batch, _ = next(tok.batches(t, 16))
+    ours = np.asarray(importance_fn(pre.model_config)(pre.params, *batch_arrays(batch.tokens, False)))
+    ref = np.asarray(jax.device_get(attention_importance(build_model(pre.model_config), {"params": pre.params},
+                                                         batch.tokens)))
+    tol = tolerance(np.float32)
+    np.testing.assert_allclose(ours, ref, rtol=tol.rtol, atol=tol.atol)
