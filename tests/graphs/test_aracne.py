@@ -160,6 +160,13 @@ def test_recovers_simulated_network_and_dpi_helps(sim):
     assert np.array_equal(again.target, net.target) and np.array_equal(again.mi, net.mi)  # seeded
 
 
+def test_max_cells_subsamples_each_run(sim):
+    x, genes, tfs = _matrix(sim)
+    net = aracne.infer_network(x, genes, tfs, aracne.AracneConfig(n_bootstraps=3, n_null_pairs=1000, max_cells=400))
+    assert net.params["n_cells"] == x.shape[0] and net.params["n_cells_per_run"] == 400
+    assert net.num_edges > 0 and np.mean([e in _truth(sim) for e in zip(net.regulator, net.target)]) > 0.6
+
+
 def test_adaptive_estimator_pipeline_runs(sim):
     x, genes, tfs = _matrix(sim)
     x, genes = x[:400, :60], genes[:60]
@@ -251,6 +258,10 @@ def test_unlabelled_cells_are_clustered_into_types():
     assert adjusted_rand_score(s.adata.obs["cell_type"].astype(str), res.labels) > 0.7
     assert res.params["label_source"].startswith("leiden")
     assert len(res.summary) == len(np.unique(res.labels)) and (res.summary["n_edges"] > 0).all()
+    louvain = ctn.cluster_cells(s.adata, method="louvain", resolution=0.3)
+    assert adjusted_rand_score(s.adata.obs["cell_type"].astype(str), louvain) > 0.7
+    with pytest.raises(ValueError, match="cluster method"):
+        ctn.cluster_cells(s.adata, method="kmeans")
 
 
 def test_negative_counts_rejected(typed):
