@@ -228,49 +228,66 @@ def adaptive_partition_mi(xr_NxP: np.ndarray, yr_NxP: np.ndarray, *, chi2_thresh
 
 
 def _ap_chunk(xr_NxP: np.ndarray, yr_NxP: np.ndarray, chi2_threshold: float) -> np.ndarray:
-    """One vectorised pass per depth over every live (pair, point)."""
+    """One vectorised pass per depth over every live (pair, point); no sorting.
+
+    Points are kept grouped by cell: every live cell is a contiguous segment
+    (`seg_start`, `seg_len`) with its rank rectangle stored once per segment. A
+    level counts each segment's quadrants with one bincount, then moves every
+    point that stays live to its child's segment with a counting sort (child
+    offsets from the counts + the point's rank among its siblings, by cumsum).
+    """
     n, p = xr_NxP.shape
-    x = np.ascontiguousarray(xr_NxP.T).ravel().astype(np.int64)
-    y = np.ascontiguousarray(yr_NxP.T).ravel().astype(np.int64)
-    pair = np.repeat(np.arange(p, dtype=np.int64), n)
-    lox = np.zeros_like(x)
-    hix = np.full_like(x, n)
-    loy = np.zeros_like(y)
-    hiy = np.full_like(y, n)
+    x = np.ascontiguousarray(xr_NxP.T).ravel().astype(np.int32)  # pair-major: a pair is one segment
+    y = np.ascontiguousarray(yr_NxP.T).ravel().astype(np.int32)
+    seg_len = np.full(p, n, np.int64)
+    seg_pair = np.arange(p)
+    lox, hix = np.zeros(p, np.int64), np.full(p, n, np.int64)
+    loy, hiy = np.zeros(p, np.int64), np.full(p, n, np.int64)
     acc = np.zeros(p, np.float64)
     root = True
     while x.size:
-        mx = (lox + hix) // 2
-        my = (loy + hiy) // 2
-        qx = (x >= mx).astype(np.int64)
-        qy = (y >= my).astype(np.int64)
-        cell_key = (pair * n + lox) * n + loy  # a cell is named by its pair and lower corner
-        uniq, first, inv = np.unique(cell_key, return_index=True, return_inverse=True)
-        counts_Cx4 = np.bincount(inv * 4 + qx * 2 + qy, minlength=4 * uniq.size).reshape(-1, 4)
-        total_C = counts_Cx4.sum(axis=1)
-        expected_C = total_C / 4.0
-        chi2_C = ((counts_Cx4 - expected_C[:, None]) ** 2).sum(axis=1) / expected_C
-        split_C = np.full(uniq.size, True) if root else chi2_C > chi2_threshold
+        n_seg = seg_len.size
+        seg = np.repeat(np.arange(n_seg), seg_len)
+        seg_first = np.cumsum(seg_len) - seg_len
+        mx, my = (lox + hix) // 2, (loy + hiy) // 2
+        q = 2 * (x >= mx[seg]) + (y >= my[seg])
+        counts_Sx4 = np.bincount(seg * 4 + q, minlength=4 * n_seg).reshape(n_seg, 4)
+        expected = seg_len / 4.0
+        chi2 = ((counts_Sx4 - expected[:, None]) ** 2).sum(axis=1) / expected
+        split = np.ones(n_seg, bool) if root else chi2 > chi2_threshold
         root = False
-        cpair = pair[first]
         # Cells that pass the uniformity test are leaves.
-        leaf = ~split_C
-        np.add.at(acc, cpair[leaf], _leaf_info(total_C[leaf], hix[first][leaf] - lox[first][leaf],
-                                                hiy[first][leaf] - loy[first][leaf]))
-        # Split cells: quadrants with <= 2 points are leaves, the rest recurse.
-        cmx, cmy = mx[first], my[first]
-        wx_Cx2 = np.stack([cmx - lox[first], hix[first] - cmx], axis=1)
-        wy_Cx2 = np.stack([cmy - loy[first], hiy[first] - cmy], axis=1)
-        for q in range(4):
-            small = split_C & (counts_Cx4[:, q] <= 2)
-            np.add.at(acc, cpair[small], _leaf_info(counts_Cx4[small, q], wx_Cx2[small, q // 2], wy_Cx2[small, q % 2]))
-        q_pt = qx * 2 + qy
-        live = split_C[inv] & (counts_Cx4[inv, q_pt] > 2)
-        lox = np.where(qx == 1, mx, lox)[live]
-        hix = np.where(qx == 1, hix, mx)[live]
-        loy = np.where(qy == 1, my, loy)[live]
-        hiy = np.where(qy == 1, hiy, my)[live]
-        x, y, pair = x[live], y[live], pair[live]
+        leaf = ~split
+        np.add.at(acc, seg_pair[leaf], _leaf_info(seg_len[leaf], hix[leaf] - lox[leaf], hiy[leaf] - loy[leaf]))
+        # Children of split cells, in (segment, quadrant) order: quadrant q has x half q // 2, y half q % 2.
+        qx_4, qy_4 = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
+        clox = np.where(qx_4, mx[:, None], lox[:, None])
+        chix = np.where(qx_4, hix[:, None], mx[:, None])
+        cloy = np.where(qy_4, my[:, None], loy[:, None])
+        chiy = np.where(qy_4, hiy[:, None], my[:, None])
+        small = split[:, None] & (counts_Sx4 <= 2)  # quadrants with <= 2 points are leaves
+        np.add.at(acc, np.broadcast_to(seg_pair[:, None], small.shape)[small],
+                  _leaf_info(counts_Sx4[small], (chix - clox)[small], (chiy - cloy)[small]))
+        live_Sx4 = split[:, None] & (counts_Sx4 > 2)
+        sizes = np.where(live_Sx4, counts_Sx4, 0).ravel()
+        child_first = np.cumsum(sizes) - sizes
+        # Rank of each point among the points of its segment with the same quadrant (stable).
+        rank = np.empty(x.size, np.int64)
+        for k in range(4):  # the four quadrants, each a vectorised cumsum over all points
+            mask = q == k
+            run = np.cumsum(mask)
+            before = (run - mask)[seg_first]
+            rank[mask] = run[mask] - 1 - before[seg[mask]]
+        key = seg * 4 + q
+        live = sizes[key] > 0
+        dest = child_first[key[live]] + rank[live]
+        order = np.empty(dest.size, np.int64)
+        order[dest] = np.flatnonzero(live)
+        x, y = x[order], y[order]
+        keep = sizes > 0
+        seg_len = sizes[keep]
+        seg_pair = np.repeat(seg_pair, 4)[keep]
+        lox, hix, loy, hiy = clox.ravel()[keep], chix.ravel()[keep], cloy.ravel()[keep], chiy.ravel()[keep]
     return acc / n + np.log(n)
 
 
