@@ -85,7 +85,7 @@ def _add_quickstart(sub) -> None:
     p.add_argument("--out", default="quickstart_out", help="output folder (default: quickstart_out)")
 
     def run(args) -> int:
-        from grn_jax.train.quickstart import quickstart  # data pipeline, then tiny pretraining
+        from grn_jax.inference.quickstart import quickstart  # data, tiny pretraining, then embed
 
         quickstart(args.out)
         return 0
@@ -377,6 +377,7 @@ def _add_eval(sub) -> None:
     q.add_argument("--mask-fraction", type=float, default=0.15)
     q.add_argument("--test-fraction", type=float, default=0.3)
     q.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of test cells for the CIs")
+    q.add_argument("--max-cells", type=int, default=1000, help="evaluate a random sample of at most N cells")
     q = common("probe", "expression reconstruction linear probe, R2 (GREmLN A.7)")
     vanilla(q), splits(q, 0.2)
     q.add_argument("--n-genes", type=int, default=50, help="most variable genes to reconstruct")

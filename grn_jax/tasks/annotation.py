@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import anndata
 import numpy as np
+from sklearn.metrics import confusion_matrix
 
 from grn_jax.inference.checkpoint import Pretrained
 from grn_jax.inference.graph_sources import GraphSpec
@@ -57,8 +58,6 @@ def annotation_scores(features: dict, labels, *, n_splits: int = 3, test_fractio
             for k, v in classification_scores(labels[te], pred).items():
                 per[method][k].append(v)
             if s == 0:
-                from sklearn.metrics import confusion_matrix
-
                 confusion[method] = confusion_matrix(labels[te], pred, labels=classes).tolist()
     table = {m: {k: summarize(v) for k, v in d.items()} for m, d in per.items()}
     details = {"classes": classes.tolist(), "confusion_split0": confusion,

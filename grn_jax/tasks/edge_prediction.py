@@ -55,7 +55,20 @@ class MaskedCell:
     observed: np.ndarray  # int [m, 2] undirected edges kept
     positives: np.ndarray  # int [h, 2] hidden edges
     negatives: np.ndarray  # int [h', 2] non-edges
-    hidden: dict  # {method: float32 [n, D]} hidden states of positions 1..n
+    hidden: dict  # {method: float32 [u, D]} hidden states at `positions` only (memory: u << n)
+    mean: dict  # {method: float32 [D]} mean hidden state over positions 1..n (the cell embedding)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Sorted token positions that occur in a candidate pair."""
+        return np.unique(np.concatenate([self.positives, self.negatives]).ravel())
+
+    def node_matrix(self, method: str) -> np.ndarray:
+        """[n, D] hidden states of positions 1..n, zero where no candidate pair needs them."""
+        h = self.hidden[method]
+        out = np.zeros((len(self.gene_ids), h.shape[1]), np.float32)
+        out[self.positions - 1] = h
+        return out
 
 
 def undirected_pairs(senders, receivers) -> np.ndarray:
@@ -153,12 +166,14 @@ def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, o
                 i = int(pos[r])
                 a, b = int(t.token_ptr[i]), int(t.token_ptr[i + 1])
                 pending.append((r, MaskedCell(row, t.gene_ids[a:b].copy(), t.values[a:b].copy(), observed, hidden,
-                                              negatives, {})))
+                                              negatives, {}, {})))
             masked = tb.replace(graph=g.replace(edge_mask=edge_mask))
             for m, fn in fns.items():
                 _, _, hidden_BxSxD = jax.device_get(fn(models[m].params, *batch_arrays(masked, False)))
                 for r, cell in pending:
-                    cell.hidden[m] = np.asarray(hidden_BxSxD[r, 1:len(cell.gene_ids) + 1], np.float32)
+                    h_NxD = np.asarray(hidden_BxSxD[r, 1:len(cell.gene_ids) + 1], np.float32)
+                    cell.hidden[m] = h_NxD[cell.positions - 1]
+                    cell.mean[m] = h_NxD.mean(0)
             cells += [c for _, c in pending]
     src.close()
     return cells, counts
@@ -197,7 +212,17 @@ def expression_node_features(cells: list, train_cells: np.ndarray, vocab_size: i
     return [np.concatenate([c.values[:, None].astype(np.float64), emb[c.gene_ids]], axis=1) for c in cells]
 
 
-def _dataset(cells: list, idx: np.ndarray, nodes: Optional[list]):
+class _LazyNodes:
+    """nodes[i] = cell i's [n, D] node matrix, built on demand (one cell in memory at a time)."""
+
+    def __init__(self, cells: list, method: str):
+        self.cells, self.method = cells, method
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.cells[i].node_matrix(self.method)
+
+
+def _dataset(cells: list, idx: np.ndarray, nodes):
     xs, ys, groups = [], [], []
     for i in idx:
         c = cells[i]
@@ -218,7 +243,7 @@ def edge_scores(cells: list, *, test_fraction: float = 0.3, n_boot: int = 200, l
     n_test = min(len(cells) - 2, max(2, int(round(test_fraction * len(cells)))))
     test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
     check_disjoint([cells[i].row for i in train], [cells[i].row for i in test])
-    node_sets = {m: [c.hidden[m] for c in cells] for m in cells[0].hidden}
+    node_sets = {m: _LazyNodes(cells, m) for m in cells[0].hidden}
     node_sets["expression"] = expression_node_features(cells, train, int(max(c.gene_ids.max() for c in cells)) + 1,
                                                        expression_dim)
     node_sets["graph_only"] = None
@@ -258,21 +283,32 @@ def _thin(x, y, n: int = 200) -> list:
 def evaluate_edge_prediction(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, anndata.AnnData], *,
                              graph: GraphSpec, vanilla: Union[str, Path, Pretrained, None] = None,
                              mask_fraction: float = 0.15, test_fraction: float = 0.3, n_boot: int = 200,
+                             max_cells: Optional[int] = 1000,
                              level: float = 0.95, batch_size: int = 32, seed: int = 0,
                              log: Callable[[str], None] = print) -> TaskResult:
-    """Masked edge prediction (module docstring); returns a `TaskResult` named "edge_prediction"."""
+    """Masked edge prediction (module docstring); returns a `TaskResult` named "edge_prediction".
+
+    `max_cells`: evaluate a seeded random sample of at most this many cells (the pair
+    dataset grows with cells x edges); None = all. The rest are counted as not sampled.
+    """
     adata = read_data(data)
+    n_all = adata.n_obs
+    if max_cells is not None and n_all > max_cells:
+        pick = np.sort(np.random.default_rng([seed, 1]).choice(n_all, max_cells, replace=False))
+        adata = adata[pick].copy()
     pre = load_checkpoint(checkpoint)
     van = load_checkpoint(vanilla)
     cells, counts = masked_cells(pre, adata, graph=graph, others=None if van is None else {"vanilla": van},
                                  mask_fraction=mask_fraction, batch_size=batch_size, seed=seed)
     counts["cells_used"] = len(cells)
+    counts["cells_not_sampled"] = int(n_all - adata.n_obs)
     log(f"edge prediction: {len(cells)} cells with edges to hide ({counts['cells_with_fewer_than_2_edges']} with "
         f"fewer than 2 edges and {counts['cells_without_tokens']} without tokens left out)")
     table, details = edge_scores(cells, test_fraction=test_fraction, n_boot=n_boot, level=level, seed=seed,
                                  expression_dim=pre.model_config.d_model)
     settings = {"checkpoint": pre.run_dir, "vanilla": None if van is None else van.run_dir,
                 "mask_fraction": mask_fraction, "test_fraction": test_fraction, "n_boot": n_boot, "level": level,
+                "max_cells": max_cells,
                 "seed": seed, "predictor": "standardise + logistic regression on [H_i*H_j, |H_i-H_j|, Ã degree "
                 "sum/product, common Ã-neighbours]", "ci": "percentile bootstrap over test cells"}
     return TaskResult("edge_prediction", {"held_out_cells": table}, counts, settings, details)

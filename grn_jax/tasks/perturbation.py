@@ -240,7 +240,7 @@ def evaluate_perturbation_response(checkpoint: Union[str, Path, Pretrained], dat
     details["perturbations"] = genes
     counts = {"cells": int(adata.n_obs), "control_cells": int(is_ctrl.sum()), "control_cells_used": int(ok_cells.sum()),
               "control_cells_without_embedding": int((~ok_cells).sum()), "perturbations": len(genes),
-              "conditions_too_small": small}
+              "conditions_too_small": small, "undefined_pcc_left_out": details.pop("undefined_pcc")}
     settings = {"checkpoint": pre.run_dir, "condition_key": condition_key, "control": control,
                 "min_cells_per_condition": min_cells_per_condition, "max_control_cells": max_control_cells,
                 "n_splits": n_splits, "test_fraction": test_fraction, "pooling": pooling, "seed": seed,
