@@ -113,3 +113,24 @@ def test_refusals(toy_run, pretrained, tmp_path):
     bad.X = sp.csr_matrix(np.where(bad.X.toarray() > 0, 1.5, 0).astype(np.float32))
     with pytest.raises(ValueError, match="cell 0 .*cell0"):
         embed(pretrained, bad, graph=GraphSpec(network=str(toy_run["network"])), progress=False)
+
+
+def test_file_input_is_streamed_in_chunks_never_loaded_whole(toy_run, pretrained, tmp_path, monkeypatch):
+    import grn_jax.data.ingest as ingest
+
+    def no_full_read(*a, **k):
+        raise AssertionError("embed must not load the whole input file")
+
+    monkeypatch.setattr(anndata, "read_h5ad", no_full_read)
+    monkeypatch.setattr(ingest.anndata, "read_h5ad", no_full_read)
+    spans = []
+    rows = ingest.CountsSource.rows
+
+    def spy(self, start, stop):
+        spans.append((start, stop, self.backed))
+        return rows(self, start, stop)
+
+    monkeypatch.setattr(ingest.CountsSource, "rows", spy)
+    embed(pretrained, toy_run["h5ad"], tmp_path / "s.h5ad", graph=GraphSpec(network=str(toy_run["network"])),
+          batch_size=8, chunk_cells=6, progress=False, log=lambda m: None)
+    assert spans == [(0, 6, True), (6, 12, True), (12, 18, True), (18, 20, True)]
