@@ -62,7 +62,7 @@ def run_config(root: Path, *, attention: str = "diffusion", steps: int = 1):
     })
 
 
-def save_initial_checkpoint(cfg, step: int = 1) -> None:
+def save_initial_checkpoint(cfg, step: int = 1, vocab: dict | None = None) -> None:
     """Write a checkpoint exactly as `pretrain` does (same Checkpointer, items, config and tokenisation
     record) holding freshly initialised parameters: the inference tests need a real run directory, not
     a trained model, and this skips compiling a training step."""
@@ -86,7 +86,7 @@ def save_initial_checkpoint(cfg, step: int = 1) -> None:
     run_dir = Path(cfg.train.run_dir)
     ckpt = Checkpointer(run_dir / "checkpoints", every=1, async_save=False)
     ckpt.save(step, init.state, data_state={}, config={**cfg.to_dict(), "tokenization": data.tokenization},
-              vocab=data.vocab, force=True)
+              vocab=data.vocab if vocab is None else vocab, force=True)
     ckpt.close()
 
 

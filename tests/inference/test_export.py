@@ -144,3 +144,17 @@ def test_corrupted_checkpoint_is_refused(toy_run, tmp_path):
         load_model(run)
     with pytest.raises(ValueError, match="not a pretraining run directory"):
         load_model(tmp_path)
+
+
+def test_checkpoint_with_a_vocabulary_that_does_not_fit_the_model_is_refused(toy_run, pretrained, tmp_path):
+    import dataclasses
+
+    from tests.inference._run import run_config, save_initial_checkpoint
+
+    cfg = run_config(toy_run["shards"].parent)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=str(tmp_path / "run")))
+    other = {**pretrained.vocab.to_dict(), "genes": pretrained.vocab.genes[:-4]}
+    save_initial_checkpoint(cfg, vocab=other)
+    with pytest.raises(ValueError, match="saved vocabulary has 29 tokens but the model was built for "
+                                         "gene_vocab_size=33"):
+        load_model(tmp_path / "run")
