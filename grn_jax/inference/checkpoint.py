@@ -113,11 +113,10 @@ def _abstract_state(model_cfg, train_cfg_dict: dict, device):
     """Abstract TrainState (ShapeDtypeStructs on one device) matching what pretraining saved."""
     from grn_jax.models import build_model, example_batch
     from grn_jax.train import sharding as sh
-    from grn_jax.train.config import MeshConfig
+    from grn_jax.train.config import MeshConfig, TrainConfig
     from grn_jax.train.optim import make_optimizer
     from grn_jax.train.state import abstract_with_shardings, state_shardings
     from grn_jax.train.typed import build
-    from grn_jax.train.config import TrainConfig
 
     train_cfg = build(TrainConfig, train_cfg_dict, "train")
     model = build_model(model_cfg)

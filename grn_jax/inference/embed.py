@@ -218,7 +218,7 @@ def _provenance(pre: Pretrained, tok: TrainingTokenizer, report: EmbedReport, em
     return {
         "checkpoint": pre.provenance,
         "model_config": to_dict(pre.model_config),
-        "tokenization": {k: v for k, v in pre.tokenization.items()},
+        "tokenization": dict(pre.tokenization),
         "vocab_size": len(pre.vocab),
         "graph": report.graph,
         "genes": report.genes,

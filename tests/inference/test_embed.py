@@ -1,7 +1,6 @@
 """`embed`: streaming into an h5ad, batch-size and chunk invariance, unknown genes, provenance, refusals."""
 
 import json
-import warnings
 
 import anndata
 import numpy as np
