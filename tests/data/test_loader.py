@@ -118,3 +118,13 @@ def test_cell_graph_travels_to_the_batch(tmp_path):
     validate_token_batch(b.tokens)
     np.testing.assert_array_equal(b.tokens.cell_graph.senders, b.tokens.graph.senders)
     np.testing.assert_array_equal(b.tokens.cell_graph.edge_mask, b.tokens.graph.edge_mask)
+
+
+def test_threaded_reading_gives_the_same_batches_and_resumes(store):
+    kw = dict(seed=2, process_index=0, process_count=1)
+    threaded, plain = make_loader(store, 4, num_threads=2, **kw), make_loader(store, 4, **kw)
+    for a, b in zip(_batches(threaded, 4), _batches(plain, 4)):
+        _eq(a, b)
+    resumed = make_loader(store, 4, num_threads=2, **kw)
+    resumed.set_state(threaded.get_state())
+    _eq(next(resumed), next(threaded))
