@@ -95,7 +95,8 @@ class ModelConfig:
     norm: str = "pre"  # pre-LN (default) or post-LN (the public GREmLN code)
     attention: str | tuple[str, ...] = "diffusion"
     diffusion_beta: float = 0.1
-    diffusion_tol: float = 1e-8  # Chebyshev coefficient-tail tolerance
+    diffusion_tol: float = 1e-8  # Chebyshev coefficient-tail tolerance (adaptive order)
+    diffusion_order: Optional[int] = None  # fixed Chebyshev order instead (the paper's K = 64)
     attention_impl: str = "xla"  # xla | pallas (grn_jax.kernels)
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
@@ -125,6 +126,10 @@ class ModelConfig:
         if self.diffusion_beta < 0:
             raise ValueError(f"{o}.diffusion_beta must be >= 0, got {self.diffusion_beta}")
         _check_positive(o, "diffusion_tol", self.diffusion_tol)
+        if self.diffusion_order is not None and not (isinstance(self.diffusion_order, int)
+                                                     and 0 <= self.diffusion_order < 512):
+            raise ValueError(f"{o}.diffusion_order must be None (adaptive) or an int in [0, 512), "
+                             f"got {self.diffusion_order!r}")
         kinds = self.layer_kinds
         if len(kinds) != self.n_layers:
             raise ValueError(f"{o}.attention lists {len(kinds)} layer kinds but n_layers={self.n_layers}; "

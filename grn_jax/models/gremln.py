@@ -55,9 +55,11 @@ def gene_token_mask(token_mask_BxS) -> jax.Array:
 
 
 def heat_plan(cfg: ModelConfig):
-    """The static Chebyshev plan of exp(-beta L) for this config (cached per (beta, tol))."""
-    from grn_jax.graphs.chebyshev import heat_kernel_plan  # noqa: PLC0415
+    """The static Chebyshev plan of exp(-beta L): adaptive per (beta, tol), or fixed `diffusion_order`."""
+    from grn_jax.graphs.chebyshev import fixed_order_heat_kernel_plan, heat_kernel_plan  # noqa: PLC0415
 
+    if cfg.diffusion_order is not None:
+        return fixed_order_heat_kernel_plan(float(cfg.diffusion_beta), int(cfg.diffusion_order))
     return heat_kernel_plan(float(cfg.diffusion_beta), float(cfg.diffusion_tol))
 
 

@@ -55,6 +55,7 @@ def test_cli_model_summary_prints_the_count(capsys):
     (dict(diffusion_beta=-0.1), "diffusion_beta"),
     (dict(d_model=33, n_heads=1), "d_model"),
     (dict(gene_vocab_size=3), "gene_vocab_size"),
+    (dict(diffusion_order=-1), "diffusion_order"),
     (dict(adapter=AdapterConfig(fusion_heads=5)), "fusion_heads"),
 ])
 def test_config_errors_name_the_field(kwargs, field):
@@ -69,6 +70,24 @@ def test_config_errors_name_the_field(kwargs, field):
 def test_adapter_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=re.escape(field)):
         AdapterConfig(**kwargs)
+
+
+def test_heat_plan_adaptive_or_fixed_order():
+    from grn_jax.models import heat_plan
+
+    assert heat_plan(tiny(diffusion_beta=0.1)).order == 4  # adaptive, tail <= 1e-8 (DESIGN.md)
+    assert heat_plan(tiny(diffusion_beta=0.1, diffusion_order=64)).order == 64  # the paper's K
+
+
+def test_grnformer_preset_summary_counts_the_adapter():
+    s = model_summary(preset("grnformer_gremln"))
+    assert {"adapter/gnn", "adapter/fusion", "adapter/ln_fusion"} <= set(s.by_module)
+    d = 512
+    # one backbone layer fewer than gremln_base; adapter = GNN input (d/2 -> d) + 2 SAGE layers (2d -> d)
+    # + cross-attention (4 d^2 + 4 d) + LayerNorm
+    layer = 4 * (d * d + d) + 4 * d + (d * 2048 + 2048) + (2048 * d + d)
+    gnn = (d // 2 * d + d) + 2 * (2 * d * d + d)
+    assert s.total == model_summary(gremln_base()).total - layer + gnn + 4 * (d * d + d) + 2 * d
 
 
 def test_presets_and_layer_runs():
