@@ -30,10 +30,11 @@ from typing import Optional, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax.experimental import sparse
 
 from grn_jax.graphs.chebyshev import ChebyshevPlan
-from grn_jax.graphs.sparse_layout import EllLayout, apply_packed, pack_shifted
+from grn_jax.graphs.sparse_layout import EllLayout, PackedShifted, apply_packed, pack_shifted
 
 CELL_LOOPS = ("auto", "map", "vmap")
 
@@ -61,7 +62,8 @@ def diffuse(laplacian: sparse.BCOO, q_BxSxD: jax.Array,
 
     Args:
       laplacian: BCOO [B, S, S] (n_batch=1) from `normalized_laplacian`; any symmetric
-        matrix with spectrum in [0, 2] works (duplicate entries add).
+        matrix with spectrum in [0, 2] works (duplicate entries add). Or a
+        `PackedLaplacian` from `pack_laplacian` (pack once, diffuse in every layer).
       q_BxSxD: queries, D = heads * head_dim; any float dtype (bf16 ok).
       plan_or_coeffs: a `ChebyshevPlan` (e.g. `heat_kernel_plan(beta)`) or coefficients
         c_0..c_K (c_0 NOT halved; this function halves it) as a 1-D array.
@@ -77,6 +79,9 @@ def diffuse(laplacian: sparse.BCOO, q_BxSxD: jax.Array,
       [B, S, D] in Q's dtype. Differentiable w.r.t. Q and the Laplacian's values (hence
       the edge weights). Works under jit; the order K is static (taken from the plan).
     """
+    prepacked = None
+    if isinstance(laplacian, PackedLaplacian):
+        prepacked, layout, laplacian = laplacian.packed, laplacian.layout, laplacian.laplacian
     if not isinstance(laplacian, sparse.BCOO):
         raise ValueError(f"laplacian must be a jax.experimental.sparse.BCOO, got {type(laplacian).__name__}; "
                          f"build it with normalized_laplacian(...)")
@@ -116,7 +121,11 @@ def diffuse(laplacian: sparse.BCOO, q_BxSxD: jax.Array,
     if layout is None:
         out_BxSxD = coo_path(None)
     else:
-        packed = jax.vmap(pack_shifted, in_axes=(0, 0, 0, None, None))(data_BxN, rows_BxN, cols_BxN, s, layout)
+        if prepacked is not None:
+            packed = jax.tree.map(lambda x: x.astype(acc_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                                  prepacked)
+        else:
+            packed = jax.vmap(pack_shifted, in_axes=(0, 0, 0, None, None))(data_BxN, rows_BxN, cols_BxN, s, layout)
 
         def ell_path(_):
             def one_cell(a):
@@ -128,6 +137,26 @@ def diffuse(laplacian: sparse.BCOO, q_BxSxD: jax.Array,
         out_BxSxD = jax.lax.cond(jnp.any(packed.overflow), coo_path, ell_path, None)
     out_BxSxD = jnp.where(graph_BxS[..., None], out_BxSxD, 0).astype(q_BxSxD.dtype)
     return jnp.where(passthrough_mask_BxS[..., None], q_BxSxD, out_BxSxD)
+
+
+@struct.dataclass
+class PackedLaplacian:
+    """A batch's Laplacian with its gather-slot packing, built once by `pack_laplacian` and
+    reused by every layer's `diffuse` (packing sorts the entries: do it once per batch)."""
+
+    laplacian: sparse.BCOO
+    packed: PackedShifted
+    layout: EllLayout = struct.field(pytree_node=False)
+
+
+def pack_laplacian(laplacian: sparse.BCOO, layout: EllLayout = EllLayout()) -> PackedLaplacian:
+    """Pack a BCOO [B, S, S] Laplacian for `diffuse` (jit-able; `layout` static)."""
+    if not isinstance(laplacian, sparse.BCOO) or laplacian.n_batch != 1 or len(laplacian.shape) != 3:
+        raise ValueError("pack_laplacian needs the BCOO [B, S, S] from normalized_laplacian")
+    s = laplacian.shape[1]
+    packed = jax.vmap(pack_shifted, in_axes=(0, 0, 0, None, None))(
+        laplacian.data, laplacian.indices[..., 0], laplacian.indices[..., 1], s, layout)
+    return PackedLaplacian(laplacian=laplacian, packed=packed, layout=layout)
 
 
 def shifted_matmul(data_N, rows_N, cols_N, v_SxD):

@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 
 from grn_jax.graphs import (ChebyshevPlan, EllLayout, apply_packed, diffuse, diffuse_exact, fixed_order_heat_kernel_plan,
-                            heat_kernel_plan, normalized_laplacian, pack_shifted)
+                            heat_kernel_plan, normalized_laplacian, pack_laplacian, pack_shifted)
 from grn_jax.testing import assert_allclose, assert_rel_close, relative_error, tolerance
 from tests.graphs.test_laplacian import laplacian_oracle, random_graph_batch
 
@@ -288,3 +288,22 @@ def test_packed_product_matches_dense(problem):
     assert not bool(jnp.any(p.overflow)) and float(p.heavy_chunk_used.sum()) > 0  # heavy rows in use
     for b in range(B):
         assert_rel_close(got[b], (dense[b] - np.eye(S)) @ t, np.float32, what=f"cell {b}")
+
+
+def test_prepacked_laplacian_reused(problem):
+    """pack_laplacian once per batch, diffuse in every layer: same values as packing inside."""
+    s, r, w, m, q, node, cls = problem
+    plan = heat_kernel_plan(1.0)
+    ref = np.asarray(_diffuse(s, r, w, m, q, node, cls, plan))
+
+    @jax.jit
+    def two_layers(lap, q):
+        packed = pack_laplacian(lap)
+        first = diffuse(packed, q, padded(plan).astype(np.float32), node_mask_BxS=node, passthrough_mask_BxS=cls)
+        return first, diffuse(packed, first, padded(plan).astype(np.float32), node_mask_BxS=node,
+                              passthrough_mask_BxS=cls)
+
+    first, second = two_layers(normalized_laplacian(s, r, w, m, S), jnp.asarray(q))
+    np.testing.assert_allclose(np.asarray(first), ref, rtol=1e-6, atol=1e-7)
+    want = expm_oracle(s, r, w, m, np.where(node[..., None], q, 0), 2.0, N_REAL)  # exp(-L) twice = exp(-2L)
+    assert_rel_close(second, want, np.float32, what="two layers")
