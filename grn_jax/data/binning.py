@@ -61,12 +61,19 @@ def row_value_order(indptr: np.ndarray, data: np.ndarray) -> np.ndarray:
     return np.lexsort((codes, rows))  # key would overflow int64: slower, same order
 
 
-def _value_codes(data: np.ndarray, max_table: int = 1 << 22):
-    """Order-preserving integer codes 0..K-1 of the distinct values, without sorting when integral."""
+def _value_codes(data: np.ndarray, n_rows: int = 1, max_table: int = 1 << 22):
+    """Order-preserving integer codes 0..K-1 of the values, without sorting when integral.
+
+    Small integer counts are their own codes (K = max + 1) when the n_rows x K
+    histogram stays within twice the entries; otherwise codes are compressed to
+    the distinct values present.
+    """
     if data.size == 0:
         return np.zeros(0, np.int64), 0
     integral = np.issubdtype(data.dtype, np.integer) or np.array_equal(data, np.rint(data))
     top = float(np.max(data))
+    if integral and n_rows * (top + 1) <= max(2 * data.size, 1 << 16):
+        return (data if np.issubdtype(data.dtype, np.integer) else data.astype(np.int32)), int(top) + 1
     if integral and top < max_table:
         ints = data if np.issubdtype(data.dtype, np.integer) else data.astype(np.int32)
         present = np.zeros(int(top) + 1, np.int32)
@@ -86,7 +93,7 @@ def row_ranks(indptr: np.ndarray, data: np.ndarray, method: str = "auto", max_hi
     """
     n_rows = len(indptr) - 1
     counts = np.diff(indptr)
-    codes, k = _value_codes(data)
+    codes, k = _value_codes(data, n_rows)
     if method not in ("auto", "hist", "sort"):
         raise ValueError(f"method must be 'auto', 'hist' or 'sort', got {method!r}")
     if method == "hist" or (method == "auto" and n_rows * k <= min(max_hist, 2**31 - 1)):
