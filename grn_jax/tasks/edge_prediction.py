@@ -91,14 +91,29 @@ def mask_cell_edges(pairs: np.ndarray, n_tokens: int, fraction: float, rng: np.r
     n_hide = max(1, int(round(fraction * m)))
     perm = rng.permutation(m)
     hidden, observed = pairs[np.sort(perm[:n_hide])], pairs[np.sort(perm[n_hide:])]
-    iu = np.triu_indices(n_tokens, k=1)
-    all_pairs = np.stack(iu, axis=1) + 1  # positions 1..n
-    is_edge = np.zeros((n_tokens + 1, n_tokens + 1), bool)
-    is_edge[pairs[:, 0], pairs[:, 1]] = True
-    candidates = all_pairs[~is_edge[all_pairs[:, 0], all_pairs[:, 1]]]
-    k = min(n_hide, len(candidates))
-    negatives = candidates[np.sort(rng.choice(len(candidates), size=k, replace=False))] if k else candidates[:0]
+    negatives = _non_edges(pairs, n_tokens, n_hide, rng)
     return observed, hidden, negatives
+
+
+def _non_edges(pairs: np.ndarray, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to k distinct uniform random pairs (p < q) of positions 1..n that are not in `pairs`."""
+    codes = set((pairs[:, 0] * (n + 1) + pairs[:, 1]).tolist())
+    total = n * (n - 1) // 2
+    if total - len(codes) <= 4 * k:  # few candidates: enumerate them all
+        iu = np.stack(np.triu_indices(n, k=1), axis=1) + 1
+        cand = iu[~np.isin(iu[:, 0] * (n + 1) + iu[:, 1], list(codes))]
+        take = min(k, len(cand))
+        return cand[np.sort(rng.choice(len(cand), size=take, replace=False))] if take else cand[:0]
+    found: dict = {}
+    while len(found) < k:  # rejection sampling: O(k) memory for long cells
+        a, b = rng.integers(1, n + 1, size=(2, 4 * k))
+        for p, q in zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist()):
+            c = p * (n + 1) + q
+            if p != q and c not in codes and c not in found:
+                found[c] = (p, q)
+                if len(found) == k:
+                    break
+    return np.array(sorted(found.values()), dtype=np.int64).reshape(-1, 2)
 
 
 def _models_agree(pre: Pretrained, other: Pretrained) -> None:

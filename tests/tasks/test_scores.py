@@ -92,3 +92,21 @@ def test_pair_features_hand_computed():
     # (2,4): h2*h4 = [0,0], |h2-h4| = [3,2], deg 2+1=3, 2*1=2, common {3} = 1
     np.testing.assert_allclose(f[1], [0, 0, 3, 2, 3, 2, 1])
     np.testing.assert_allclose(pair_features(None, observed, np.array([[1, 4]])), [[2, 1, 0]])
+
+
+def test_non_edges_both_regimes_are_distinct_non_edges():
+    from grn_jax.tasks.edge_prediction import _non_edges
+
+    # dense: 10 pairs of 5 positions, 8 are edges -> exactly the 2 others, by enumeration
+    iu = np.stack(np.triu_indices(5, 1), 1) + 1
+    edges = iu[:8]
+    got = _non_edges(edges, 5, 3, np.random.default_rng(0))
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, iu[8:].tolist()))
+    # sparse and long: rejection sampling
+    rng = np.random.default_rng(1)
+    a = rng.integers(1, 301, (2, 500))
+    edges = undirected_pairs(a[0], a[1])
+    got = _non_edges(edges, 300, 50, np.random.default_rng(2))
+    assert got.shape == (50, 2) and len({tuple(p) for p in got.tolist()}) == 50
+    assert (got[:, 0] < got[:, 1]).all() and got.min() >= 1 and got.max() <= 300
+    assert not ({tuple(p) for p in got.tolist()} & {tuple(p) for p in edges.tolist()})
