@@ -2,7 +2,9 @@
 
 * `ell`: padded fixed-degree layout of each cell's shifted Laplacian L~ = L - I.
 * `chebyshev_diffusion`: fused Chebyshev heat-kernel diffusion of query columns.
-* `diffusion_attention`: GDKA = fused diffusion + online-softmax (flash) attention.
+* `diffusion_attention`: GDKA = fused diffusion + online-softmax (flash) attention;
+  `flash_backward`: its dQ and dK/dV kernels.
+* `dispatch`: what `attention_impl="pallas"` runs from model-side inputs, or why it cannot.
 
 Every kernel takes `interpret: bool` (True runs it through the Pallas
 interpreter on any backend, which is how CPU tests verify it) and a frozen
