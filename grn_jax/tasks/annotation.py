@@ -73,7 +73,7 @@ def evaluate_annotation(checkpoint: Union[str, Path, Pretrained], data: Union[st
                         batch_size: int = 64, seed: int = 0, log: Callable[[str], None] = print) -> TaskResult:
     """Cell-type annotation (see the module docstring); returns a `TaskResult` named "annotation"."""
     adata = read_data(data)
-    labels_all = obs_column(adata, label_key, "annotation --label-key")
+    labels_all, labelled = obs_column(adata, label_key, "annotation --label-key")
     pre = load_checkpoint(checkpoint)
     emb, ok = cell_embeddings(pre, adata, graph=graph, pooling=pooling, batch_size=batch_size)
     feats = {"grn_jax": emb}
@@ -89,7 +89,9 @@ def evaluate_annotation(checkpoint: Union[str, Path, Pretrained], data: Union[st
     if unknown:
         raise ValueError(f"annotation: heldout_types {unknown} are not values of obs[{label_key!r}] "
                          f"(values: {sorted(set(labels_all))[:20]})")
-    counts = {"cells": int(adata.n_obs), "cells_without_embedding": int((~ok).sum())}
+    counts = {"cells": int(adata.n_obs), "cells_without_label": int((~labelled).sum()),
+              "cells_without_embedding": int((~ok).sum())}
+    ok &= labelled
     settings_cells = {"in_domain" if len(heldout_types) else "all": ~np.isin(labels_all, heldout_types),
                       "zero_shot": np.isin(labels_all, heldout_types)}
     metrics, details = {}, {}

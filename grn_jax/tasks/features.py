@@ -41,16 +41,16 @@ def read_data(data: Union[str, Path, anndata.AnnData]) -> anndata.AnnData:
     return anndata.read_h5ad(path)
 
 
-def obs_column(adata: anndata.AnnData, key: str, what: str) -> np.ndarray:
-    """obs[key] as strings; raises naming the column and the cells whose value is missing."""
+def obs_column(adata: anndata.AnnData, key: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(obs[key] as strings, bool mask of cells that have a value); raises naming the column if absent.
+
+    Cells with a missing or blank value are for the caller to leave out and count.
+    """
     if key not in adata.obs.columns:
         raise ValueError(f"{what}: obs has no column {key!r}; columns: {list(adata.obs.columns)[:20]}")
     col = adata.obs[key]
     missing = col.isna().to_numpy() | (col.astype(str).str.strip() == "").to_numpy()
-    if missing.any():
-        raise ValueError(f"{what}: obs[{key!r}] is empty for {int(missing.sum())} cells (e.g. "
-                         f"{adata.obs_names[missing][:5].tolist()}); fill or drop them")
-    return col.astype(str).to_numpy()
+    return col.astype(str).to_numpy(), ~missing
 
 
 def counts_matrix(adata: anndata.AnnData, layer: Optional[str] = None) -> sp.csr_matrix:

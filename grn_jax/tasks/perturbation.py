@@ -99,9 +99,9 @@ def evaluate_reverse_perturbation(checkpoint: Union[str, Path, Pretrained], data
                                   log: Callable[[str], None] = print) -> TaskResult:
     """Reverse perturbation prediction (module docstring); `finetune_dir` set = also fine-tune there."""
     adata = read_data(data)
-    cond = obs_column(adata, condition_key, "reverse perturbation --condition-key")
+    cond, has_cond = obs_column(adata, condition_key, "reverse perturbation --condition-key")
     pre = load_checkpoint(checkpoint)
-    perturbed = cond != control
+    perturbed = (cond != control) & has_cond
     if not perturbed.any():
         raise ValueError(f"reverse perturbation: every cell has obs[{condition_key!r}] == {control!r}; no "
                          "perturbed cell to classify")
@@ -118,7 +118,8 @@ def evaluate_reverse_perturbation(checkpoint: Union[str, Path, Pretrained], data
                                                         batch_size=batch_size)
         ok &= v_ok
     feats["lasso_logreg"] = log_normalized(sub, layer=layer)
-    counts = {"cells": int(adata.n_obs), "control_cells_left_out": int((~perturbed).sum()),
+    counts = {"cells": int(adata.n_obs), "cells_without_condition": int((~has_cond).sum()),
+              "control_cells_left_out": int(((cond == control) & has_cond).sum()),
               "conditions_too_small": small, "cells_in_small_conditions": int(sum(small.values())),
               "cells_without_embedding": int((~ok).sum()), "cells_used": int(ok.sum())}
     sub, labels = sub[ok].copy(), labels[ok]
@@ -204,14 +205,16 @@ def evaluate_perturbation_response(checkpoint: Union[str, Path, Pretrained], dat
                                    seed: int = 0, log: Callable[[str], None] = print) -> TaskResult:
     """Perturbation response prediction (module docstring); returns a `TaskResult` "perturbation_response"."""
     adata = read_data(data)
-    cond = obs_column(adata, condition_key, "perturbation response --condition-key")
+    cond, has_cond = obs_column(adata, condition_key, "perturbation response --condition-key")
     pre = load_checkpoint(checkpoint)
+    cond = np.where(has_cond, cond, "")  # no condition: neither control nor a knockout (counted below)
     is_ctrl = cond == control
     if is_ctrl.sum() < 2:
         raise ValueError(f"perturbation response: {int(is_ctrl.sum())} control cells (obs[{condition_key!r}] == "
                          f"{control!r}); need >= 2")
-    keep, small = min_count_filter(cond[~is_ctrl], min_cells_per_condition)
-    genes = sorted(set(cond[~is_ctrl][keep]))
+    ko = ~is_ctrl & has_cond
+    keep, small = min_count_filter(cond[ko], min_cells_per_condition)
+    genes = sorted(set(cond[ko][keep]))
     not_genes = [g for g in genes if g not in adata.var_names]
     if not_genes:
         raise ValueError(f"perturbation response: conditions {not_genes[:5]} are not gene names of the data "
@@ -238,7 +241,8 @@ def evaluate_perturbation_response(checkpoint: Union[str, Path, Pretrained], dat
     table, details = response_scores(shift_PxD, delta_PxG, targets, n_splits=n_splits, test_fraction=test_fraction,
                                      seed=seed)
     details["perturbations"] = genes
-    counts = {"cells": int(adata.n_obs), "control_cells": int(is_ctrl.sum()), "control_cells_used": int(ok_cells.sum()),
+    counts = {"cells": int(adata.n_obs), "cells_without_condition": int((~has_cond).sum()),
+              "control_cells": int(is_ctrl.sum()), "control_cells_used": int(ok_cells.sum()),
               "control_cells_without_embedding": int((~ok_cells).sum()), "perturbations": len(genes),
               "conditions_too_small": small, "undefined_pcc_left_out": details.pop("undefined_pcc")}
     settings = {"checkpoint": pre.run_dir, "condition_key": condition_key, "control": control,

@@ -225,3 +225,13 @@ def test_attention_reads_the_grnformer_fusion_layer_like_the_model_read_out(sim,
                                                          batch.tokens)))
     tol = tolerance(np.float32)
     np.testing.assert_allclose(ours, ref, rtol=tol.rtol, atol=tol.atol)
+
+
+def test_unlabelled_cells_are_left_out_and_counted(runs, sim):
+    ad = sim.adata.copy()
+    ct = ad.obs["cell_type"].astype(object)
+    ct.iloc[:7] = None
+    ad.obs["cell_type"] = ct
+    r = evaluate_annotation(runs["gdka"], ad, label_key="cell_type", graph=runs["graph"], n_splits=2,
+                            batch_size=32, **QUIET)
+    assert r.counts["cells_without_label"] == 7 and r.counts["all"]["cells"] == ad.n_obs - 7
