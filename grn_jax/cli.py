@@ -422,6 +422,24 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=_user_errors("eval", run))
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="markdown + HTML report of a run: curves, UMAP, evaluation tables and figures")
+    p.add_argument("run_dir", help="pretraining run directory (metrics.jsonl)")
+    p.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report)")
+    p.add_argument("--eval-dir", default=None, help="folder of `grn-jax eval` results (default: RUN_DIR/eval)")
+    p.add_argument("--embedded", default=None, help=".h5ad written by `grn-jax embed` (for the UMAP)")
+    p.add_argument("--label-key", default="cell_type", help="obs column colouring the UMAP (default: cell_type)")
+    p.add_argument("--embedding-key", default="X_grn_mean", help="obsm key of the embedding (default: X_grn_mean)")
+
+    def run(args) -> int:
+        from grn_jax.reporting import write_report
+
+        write_report(args.run_dir, out_dir=args.out, eval_dir=args.eval_dir, embedded=args.embedded,
+                     label_key=args.label_key, embedding_key=args.embedding_key)
+        return 0
+
+    p.set_defaults(func=_user_errors("report", run))
+
 def _load_benchmark(name: str):
     """Import benchmarks/<name>.py from the source checkout (benchmarks are not installed)."""
     import importlib.util
@@ -471,6 +489,7 @@ _REGISTRARS: list[Callable] = [
     _add_finetune,
     _add_bench,
     _add_eval,
+    _add_report,
 ]
 
 
