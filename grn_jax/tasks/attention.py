@@ -78,8 +78,11 @@ def importance_fn(model_config) -> Callable:
 
 
 def gene_importance(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec,
-                    batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(phi sum per vocabulary id, token count per vocabulary id, counts) over every cell of `adata`."""
+                    batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(phi sum, token count, degree sum) per vocabulary id, and counts, over every cell of `adata`.
+
+    A token's degree is its number of edge endpoints in the cell's graph (GRNFormer Fig. 5B).
+    """
     from grn_jax.data.ingest import open_counts
     from grn_jax.inference.graph_sources import build_graph_source, check_graph_matches_training
     from grn_jax.inference.model_fn import batch_arrays
@@ -96,7 +99,7 @@ def gene_importance(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec
     col_ids, _ = tok.column_map(src)
     gsrc, _ = build_graph_source(graph, pre.vocab, src, 4096, log=lambda m: None)
     v = len(pre.vocab)
-    phi_sum, n_tok = np.zeros(v), np.zeros(v, np.int64)
+    phi_sum, n_tok, deg_sum = np.zeros(v), np.zeros(v, np.int64), np.zeros(v)
     empty = 0
     for start, block in src.chunks(4096):
         t = tok.tokenize(block, start, col_ids, src, ingest=ingest, graph_source=gsrc)
@@ -108,8 +111,15 @@ def gene_importance(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec
             mask[:, 0] = False
             np.add.at(phi_sum, ids[mask], phi[:k][mask])
             np.add.at(n_tok, ids[mask], 1)
+            g = batch.tokens.graph
+            deg_BxS = np.zeros(ids.shape)
+            rows_BxE = np.broadcast_to(np.arange(k)[:, None], g.senders[:k].shape)
+            valid = np.asarray(g.edge_mask[:k])
+            np.add.at(deg_BxS, (rows_BxE[valid], np.asarray(g.senders[:k])[valid]), 1)
+            np.add.at(deg_BxS, (rows_BxE[valid], np.asarray(g.receivers[:k])[valid]), 1)
+            np.add.at(deg_sum, ids[mask], deg_BxS[mask])
     src.close()
-    return phi_sum, n_tok, {"cells": int(src.n_cells), "cells_without_tokens": empty}
+    return phi_sum, n_tok, deg_sum, {"cells": int(src.n_cells), "cells_without_tokens": empty}
 
 
 def evaluate_attention(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, anndata.AnnData], *,
@@ -135,7 +145,7 @@ def evaluate_attention(checkpoint: Union[str, Path, Pretrained], data: Union[str
     ids = pre.vocab.lookup(tf_names)
     is_tf_vocab = np.zeros(len(pre.vocab), bool)
     is_tf_vocab[ids[ids >= 0]] = True
-    phi_sum, n_tok, counts = gene_importance(pre, adata, graph=graph, batch_size=batch_size)
+    phi_sum, n_tok, deg_sum, counts = gene_importance(pre, adata, graph=graph, batch_size=batch_size)
     present = n_tok > 0
     counts.update({"tf_names_given": len(tf_names), "tf_names_not_in_vocab": int((ids < 0).sum()),
                    "genes_seen": int(present.sum()), "tf_genes_seen": int((present & is_tf_vocab).sum()),
@@ -154,7 +164,8 @@ def evaluate_attention(checkpoint: Union[str, Path, Pretrained], data: Union[str
                                              "p_value": null["p_value"]}}}
     tokens = np.asarray(pre.vocab.tokens)[np.flatnonzero(present)]
     details = {"genes": tokens.tolist(), "phi": gene_phi.tolist(), "is_tf": gene_tf.tolist(),
-               "tokens_per_gene": n_tok[present].tolist()}
+               "tokens_per_gene": n_tok[present].tolist(),
+               "mean_degree": (deg_sum[present] / n_tok[present]).tolist()}
     settings = {"checkpoint": pre.run_dir, "layer": layer, "tf_source": source, "n_perm": n_perm, "seed": seed,
                 "rho": "token-pooled mean phi of TF / non-TF gene tokens", "rho_gene": "over genes (phi averaged "
                 "over cells); its null permutes TF labels among the genes seen"}

@@ -235,3 +235,20 @@ def test_unlabelled_cells_are_left_out_and_counted(runs, sim):
     r = evaluate_annotation(runs["gdka"], ad, label_key="cell_type", graph=runs["graph"], n_splits=2,
                             batch_size=32, **QUIET)
     assert r.counts["cells_without_label"] == 7 and r.counts["all"]["cells"] == ad.n_obs - 7
+
+
+def test_attention_degrees_match_the_network(runs, sim):
+    """Every cell expresses (almost) all 30 genes, so a gene's mean degree is close to its network degree."""
+    r = evaluate_attention(runs["gdka"], sim.adata[:20], graph=runs["graph"], tf_column="is_tf", n_perm=10,
+                           batch_size=32, **QUIET)
+    net = sim.network
+    deg = {g: 0 for g in r.details["genes"]}
+    for a, b in zip(net.regulator, net.target):
+        deg[a] = deg.get(a, 0) + 1
+        deg[b] = deg.get(b, 0) + 1
+    got = dict(zip(r.details["genes"], r.details["mean_degree"]))
+    tf = [g for g, t in zip(r.details["genes"], r.details["is_tf"]) if t]
+    other = [g for g in r.details["genes"] if g not in tf]
+    assert np.mean([got[g] for g in tf]) > np.mean([got[g] for g in other])  # TFs are the hubs, as in the truth
+    assert np.mean([deg[g] for g in tf]) > np.mean([deg[g] for g in other])
+    assert all(got[g] <= 2 * deg[g] + 1e-9 for g in got)
