@@ -35,6 +35,9 @@ class DiffusionContext:
     laplacian: Any
     node_mask_BxS: jax.Array
     passthrough_mask_BxS: jax.Array
+    # `grn_jax.graphs.PackedLaplacian` (gather-slot packing of L - I), packed once per
+    # forward for the XLA path; None = `diffuse` packs per call.
+    packed: Any = None
 
 
 def attention_weights(q_BxSxHxK, k_BxTxHxK, key_mask_BxT, *, dropout_rng=None, dropout_rate: float = 0.0,
@@ -66,7 +69,8 @@ def diffuse_queries(q_BxSxHxK, ctx: DiffusionContext, plan):
 
     b, s, h, k = q_BxSxHxK.shape
     q_BxSxD = q_BxSxHxK.reshape(b, s, h * k).astype(jnp.float32)
-    out_BxSxD = diffuse(ctx.laplacian, q_BxSxD, plan, node_mask_BxS=ctx.node_mask_BxS,
+    lap = ctx.packed if ctx.packed is not None else ctx.laplacian
+    out_BxSxD = diffuse(lap, q_BxSxD, plan, node_mask_BxS=ctx.node_mask_BxS,
                         passthrough_mask_BxS=ctx.passthrough_mask_BxS)
     return out_BxSxD.reshape(b, s, h, k).astype(q_BxSxHxK.dtype)
 

@@ -63,15 +63,20 @@ def heat_plan(cfg: ModelConfig):
     return heat_kernel_plan(float(cfg.diffusion_beta), float(cfg.diffusion_tol))
 
 
-def diffusion_context(batch: TokenBatch) -> DiffusionContext:
-    """Laplacian of `batch.graph` + node/passthrough masks: built once per forward, shared by all layers."""
+def diffusion_context(batch: TokenBatch, impl: str = "xla") -> DiffusionContext:
+    """Laplacian of `batch.graph` + node/passthrough masks: built once per forward, shared by all layers.
+
+    For the XLA path the Laplacian is also packed once (`pack_laplacian`), so no
+    layer repeats the packing sort.
+    """
+    from grn_jax.graphs.diffusion import pack_laplacian  # noqa: PLC0415
     from grn_jax.graphs.laplacian import normalized_laplacian  # noqa: PLC0415
 
     s = batch.gene_ids.shape[1]
     lap = normalized_laplacian(batch.graph, num_nodes=s)
     cls_BxS = jnp.broadcast_to((jnp.arange(s) == 0)[None, :], batch.token_mask.shape) & batch.token_mask
     return DiffusionContext(laplacian=lap, node_mask_BxS=batch.token_mask.astype(bool),
-                            passthrough_mask_BxS=cls_BxS)
+                            passthrough_mask_BxS=cls_BxS, packed=pack_laplacian(lap) if impl == "xla" else None)
 
 
 class GREmLN(nn.Module):
@@ -92,7 +97,7 @@ class GREmLN(nn.Module):
 
         ctx, plan = None, None
         if cfg.uses_diffusion:
-            ctx, plan = diffusion_context(batch), heat_plan(cfg)
+            ctx, plan = diffusion_context(batch, cfg.attention_impl), heat_plan(cfg)
         if cfg.backbone_kinds:
             x_BxSxD = Encoder(cfg, cfg.backbone_kinds, plan, dtype, deterministic, name="encoder")(
                 x_BxSxD, token_mask_BxS, ctx)

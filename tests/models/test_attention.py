@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grn_jax.graphs import heat_kernel_plan, normalized_laplacian
+from grn_jax.graphs import heat_kernel_plan, normalized_laplacian, pack_laplacian
 from grn_jax.models import DiffusionContext, diffusion_attention, dot_product_attention
 from grn_jax.testing import assert_rel_close
 from tests.models._cells import heat_kernel_np
@@ -16,7 +16,7 @@ EDGES = ([(0, 1, 1.0), (1, 2, 0.5), (3, 1, 2.0), (2, 0, 1.0)],  # gene 4 isolate
          [(0, 1, 1.0), (2, 3, 1.5), (4, 5, 0.7), (5, 6, 1.0), (6, 0, 0.3), (1, 0, 0.4)])
 
 
-def _inputs(seed=0):
+def _inputs(seed=0, packed=False):
     rng = np.random.default_rng(seed)
     q, k, v = (rng.normal(size=(B, S, H, K)).astype(np.float32) for _ in range(3))
     token_mask = np.zeros((B, S), bool)
@@ -31,7 +31,8 @@ def _inputs(seed=0):
     lap = normalized_laplacian(snd, rcv, w, m, num_nodes=S)
     cls = np.zeros((B, S), bool)
     cls[:, 0] = True
-    ctx = DiffusionContext(laplacian=lap, node_mask_BxS=jnp.asarray(token_mask), passthrough_mask_BxS=jnp.asarray(cls))
+    ctx = DiffusionContext(laplacian=lap, node_mask_BxS=jnp.asarray(token_mask), passthrough_mask_BxS=jnp.asarray(cls),
+                           packed=pack_laplacian(lap) if packed else None)
     return q, k, v, token_mask, ctx
 
 
@@ -53,9 +54,9 @@ def _oracle(q, k, v, token_mask, beta):
     return out
 
 
-@pytest.mark.parametrize("beta", [0.1, 1.0])
-def test_diffusion_attention_matches_expm_oracle(beta):
-    q, k, v, token_mask, ctx = _inputs()
+@pytest.mark.parametrize("beta,packed", [(0.1, True), (1.0, False)])
+def test_diffusion_attention_matches_expm_oracle(beta, packed):
+    q, k, v, token_mask, ctx = _inputs(packed=packed)
     out, _ = diffusion_attention(q, k, v, jnp.asarray(token_mask), ctx, heat_kernel_plan(beta, 1e-10))
     ref = _oracle(q, k, v, token_mask, beta)
     real = token_mask
