@@ -32,12 +32,16 @@ class DataSection:
     """Where the training data is: tokenised shards written by `grn-jax prepare`.
 
     `prepare` (optional) is the `grn_jax.data.DataConfig` the shards are made
-    with (used by the quickstart and recorded with the run).
+    with (used by the quickstart and recorded with the run). `fixed_shape` pads
+    every batch to the largest bucket pair the shards use (one compile).
     """
 
     shards: str = ""
     prepare: Optional[Any] = None
     shuffle: bool = True
+    # Pad every batch to the largest (sequence, edge) bucket the shards use: one compiled step
+    # instead of one per bucket pair (worth it for small data; costs compute on short cells).
+    fixed_shape: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

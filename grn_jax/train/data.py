@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -85,6 +85,20 @@ def agree_on_shape(batch: CellBatch, pad_bin: int) -> CellBatch:
     mine = np.array([batch.tokens.gene_ids.shape[1], batch.tokens.graph.senders.shape[1]], np.int32)
     s, e = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2).max(axis=0)
     return pad_batch_to(batch, int(s), int(e), pad_bin)
+
+
+def largest_bucket_pair(store: ShardStore) -> tuple[int, int]:
+    """(S, E): the largest sequence bucket the shards use and the edge bucket of the busiest cell."""
+    from grn_jax.data.buckets import bucket_for
+
+    summary = store.manifest.get("summary", {})
+    if store.with_cell_graph or "seq_buckets_used" not in summary or "edges_per_cell_max" not in summary:
+        raise ValueError(f"data.fixed_shape: the manifest of {store.folder} does not record the largest bucket "
+                         f"pair (or the shards carry a cell-specific graph, not supported yet); set "
+                         f"data.fixed_shape=false")
+    s = max(summary["seq_buckets_used"])
+    e = bucket_for(int(summary["edges_per_cell_max"]), store.edge_buckets, "edge count")
+    return int(s), int(e)
 
 
 def split_cells(n_cells: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +201,12 @@ class TrainData:
             out.append(agree_on_shape(batch, self.store.bin_spec.pad_id))
         return out
 
+    fixed_shape: Optional[tuple[int, int]] = None  # (S, E) every batch is padded to, if set
+
     def agree_on_shape(self, batch: CellBatch) -> CellBatch:
+        """The batch at the run's fixed shape (if any), identical in shape on every host."""
+        if self.fixed_shape is not None:
+            batch = pad_batch_to(batch, *self.fixed_shape, self.store.bin_spec.pad_id)
         return agree_on_shape(batch, self.store.bin_spec.pad_id)
 
     @staticmethod
@@ -211,9 +230,13 @@ def open_train_data(cfg, *, process_index: int, process_count: int, log=print) -
                          f"fill a batch of {cfg.train.batch_size}; lower train.batch_size")
     log(f"data: {len(store)} cells in {folder}: {len(train_idx)} train, {len(val_idx)} held out for validation; "
         f"vocabulary {len(store.vocab)} tokens, {store.bin_spec.n_bins} bins")
+    fixed = largest_bucket_pair(store) if cfg.data.fixed_shape else None
+    if fixed is not None:
+        log(f"data.fixed_shape: every batch padded to S={fixed[0]}, E={fixed[1]} (one compiled step)")
     from grn_jax.config import resolve_vocab_size
 
     cfg = resolve_vocab_size(cfg, len(store.vocab))
     return TrainData(store=store, train_idx=train_idx, val_idx=val_idx, mask_fn=masking_fn(cfg),
-                     shuffle=cfg.data.shuffle, process_index=process_index, process_count=process_count)
+                     shuffle=cfg.data.shuffle, process_index=process_index, process_count=process_count,
+                     fixed_shape=fixed)
 
