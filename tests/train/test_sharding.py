@@ -55,8 +55,9 @@ def reference():
 
 
 @pytest.mark.parametrize("shape", [
-    (2, 2, 2), (1, 1, 8),
-    pytest.param((8, 1, 1), marks=pytest.mark.slow), pytest.param((1, 8, 1), marks=pytest.mark.slow)])
+    (2, 2, 2),  # all three axes at once in the fast tier; the pure layouts are `make test-slow`
+    pytest.param((1, 1, 8), marks=pytest.mark.slow), pytest.param((8, 1, 1), marks=pytest.mark.slow),
+    pytest.param((1, 8, 1), marks=pytest.mark.slow)])
 def test_one_step_on_mesh_equals_single_device(reference, shape):
     cfg, batch, ref_params, ref_metrics = reference
     state, metrics, init = _one_step(shape, cfg, batch)
