@@ -84,6 +84,7 @@ class Checkpointer:
             best_fn=lambda m: m["val_loss"],  # makes orbax record metrics; ranking is the policy above
             best_mode="min",
             enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # half-written saves of a killed run are removed at restart
             create=True,
         )
         self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
