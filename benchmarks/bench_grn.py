@@ -95,13 +95,13 @@ def _scores_to_metrics(score_RxG, truth_RxG, cand_RxG, rest_RxG=None) -> dict:
 
 def quality(seeds, n_cells, n_genes, n_bootstraps, with_adaptive) -> dict:
     from grn_jax.datasets import simulate
-    from grn_jax.graphs import AracneConfig, copula_scores, gaussian_copula_mi, infer_network
+    from grn_jax.graphs import AracneConfig, constant_columns, copula_scores, gaussian_copula_mi, infer_network
 
     rows = {}
     for seed in seeds:
         sim = simulate(n_cells=n_cells, n_genes=n_genes, n_cell_types=1, knockouts=0, seed=seed)
         x = _lognorm(sim.adata.X)
-        keep = ~np.all(x == x[:1], axis=0)
+        keep = ~constant_columns(x, AracneConfig().min_informative_cells)
         x = x[:, keep]
         genes = np.asarray(sim.adata.var_names[keep])
         tfs = [g for g in sim.adata.var_names[sim.adata.var.is_tf] if g in set(genes)]
@@ -221,7 +221,7 @@ def case_large(n_cells: int, n_genes: int, n_bootstraps: int, ap_regs: int) -> d
     sim = simulate(n_cells=n_cells, n_genes=n_genes, n_cell_types=1, knockouts=0, seed=0)
     sim_s = time.perf_counter() - t0
     x = _lognorm(sim.adata.X).astype(np.float32)
-    keep = ~mi.constant_columns(x)
+    keep = ~mi.constant_columns(x, AracneConfig().min_informative_cells)
     x, genes = x[:, keep], list(sim.adata.var_names[keep])
     tfs = [g for g in sim.adata.var_names[sim.adata.var.is_tf] if g in set(genes)]
     rss_data = _peak_rss_mib()

@@ -132,6 +132,8 @@ def _add_grn(sub) -> None:
     q.add_argument("--no-dpi", action="store_true", help="skip the data processing inequality")
     q.add_argument("--max-cells", type=int, default=None, help="subsample each run to this many cells")
     q.add_argument("--min-cells", type=int, default=50, help="cell types below this get --fallback")
+    q.add_argument("--min-gene-fraction", type=float, default=0.01,
+                   help="per type, drop genes detected in fewer than this fraction of its cells (and < 5 cells)")
     q.add_argument("--fallback", choices=("pooled", "skip", "error"), default="pooled",
                    help="for small types: the network of all cells pooled, none, or an error")
     q.add_argument("--subnetworks", choices=("bootstrap", "clusters"), default="bootstrap",
@@ -149,7 +151,8 @@ def _add_grn(sub) -> None:
                            progress=True)
         res = infer_networks_to_dir(args.data, args.out, cell_type_key=args.cell_type_key,
                                     regulators_path=args.regulators, fmt=args.format, layer=args.layer, config=cfg,
-                                    min_cells=args.min_cells, fallback=args.fallback, subnetworks=args.subnetworks,
+                                    min_cells=args.min_cells, min_gene_fraction=args.min_gene_fraction,
+                                    fallback=args.fallback, subnetworks=args.subnetworks,
                                     cluster_method=args.cluster_method, resolution=args.resolution)
         print(res.summary.to_string(index=False))
         return 0

@@ -51,6 +51,7 @@ class AracneConfig:
     n_null_pairs: int = 20_000
     null_tail_fraction: float = 0.05
     max_cells: Optional[int] = None  # subsample each run to this many cells (GREmLN: ~500 suffice)
+    min_informative_cells: int = 5  # genes with fewer cells away from their median value have no usable MI
     seed: int = 0
     block: int = 512  # gene block of the copula MI matmul
     progress: bool = False
@@ -70,6 +71,8 @@ class AracneConfig:
             raise ValueError(f"AracneConfig.n_null_pairs must be >= 100 for a tail fit, got {self.n_null_pairs}")
         if not 0.0 < self.null_tail_fraction <= 0.5:
             raise ValueError(f"AracneConfig.null_tail_fraction must be in (0, 0.5], got {self.null_tail_fraction}")
+        if self.min_informative_cells < 1:
+            raise ValueError(f"AracneConfig.min_informative_cells must be >= 1, got {self.min_informative_cells}")
         if self.max_cells is not None and self.max_cells < 8:
             raise ValueError(f"AracneConfig.max_cells must be >= 8 or None, got {self.max_cells}")
 
@@ -86,10 +89,10 @@ def _mi_matrix(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig, rng: n
                z_NxG: Optional[np.ndarray] = None) -> np.ndarray:
     """MI [R, G] with the configured estimator; self pairs set to 0.
 
-    A bootstrap resample can leave a rare gene constant; its MI is 0 in that
-    run (no edge), which the consensus then counts as an absence.
+    A bootstrap resample can leave a rare gene (nearly) constant; its MI is 0 in
+    that run (no edge), which the consensus then counts as an absence.
     """
-    const_G = mi_lib.constant_columns(x_NxG)
+    const_G = mi_lib.constant_columns(x_NxG, cfg.min_informative_cells)
     if cfg.estimator == "gaussian":
         z_NxG = mi_lib.copula_scores(x_NxG, allow_constant=True) if z_NxG is None else z_NxG
         mi_RxG = mi_lib.gaussian_copula_mi(z_NxG[:, reg_idx], z_NxG, block=cfg.block).astype(np.float64)
@@ -295,7 +298,8 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
     """ARACNe network of one group of cells: threshold, DPI, bootstrap consensus.
 
     `x_NxG` is expression (counts or normalised; only ranks matter) of N cells.
-    Genes must be non-constant and finite (ValueError names offenders).
+    Genes must be finite and informative in >= `min_informative_cells` cells
+    (ValueError names offenders; `constant_columns(x, k)` finds them).
     Returns edges regulator -> target with the run-averaged MI and the
     consensus p-value (the MI null p-value when there are no bootstraps);
     `params` records the config, counts and the MI threshold.
@@ -313,7 +317,7 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
     n = x_NxG.shape[0]
     if n < 8:
         raise ValueError(f"{name or 'group'}: {n} cells; ARACNe needs at least 8 (use more cells or a fallback)")
-    mi_lib._check_not_constant(x_NxG, genes, f"{name or 'infer_network'}")
+    mi_lib._check_not_constant(x_NxG, genes, f"{name or 'infer_network'}", cfg.min_informative_cells)
     reg_idx, missing = resolve_regulators(genes, regulators)
     rng = np.random.default_rng(cfg.seed)
     n_run = min(n, cfg.max_cells) if cfg.max_cells else n

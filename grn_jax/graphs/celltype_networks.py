@@ -6,8 +6,9 @@ own network comes out empty, gets the configured fallback -- the network of all 
 ("skip"), or an error ("error") -- and the summary says which. Within a type the
 subnetworks are bootstraps (ARACNe-AP) or, as in GREmLN, Louvain/Leiden
 sub-clusters, consolidated by `aracne.consensus`. Genes constant within a type
-carry no information there: they are excluded from that type's network and
-counted in the summary.
+carry no information there, and genes detected in only a handful of its cells
+(fewer than max(min_informative_cells, min_gene_fraction * n)) give spurious MI:
+both are excluded from that type's network and counted in the summary.
 """
 
 from __future__ import annotations
@@ -114,17 +115,18 @@ def consensus_networks(networks: Sequence[GeneNetwork], genes: Sequence[str], re
 
 
 def _network_for_group(x_csr: sp.csr_matrix, genes: np.ndarray, regulators, cfg: aracne.AracneConfig, name: str,
-                       subnetworks: str, min_cells: int, cluster_kw: dict):
-    """Drop genes constant in the group, then ARACNe (bootstraps or sub-cluster consensus)."""
+                       subnetworks: str, min_cells: int, cluster_kw: dict, min_gene_fraction: float):
+    """Drop genes (nearly) constant in the group, then ARACNe (bootstraps or sub-cluster consensus)."""
     x = x_csr.toarray().astype(np.float32)
-    const = mutual_info.constant_columns(x)
+    k = max(cfg.min_informative_cells, int(np.ceil(min_gene_fraction * x.shape[0])))
+    const = mutual_info.constant_columns(x, k)
     regs_present = set(regulators) & set(genes[~const])
     if not regs_present:
-        raise ValueError(f"cell type {name!r}: none of the regulators is expressed variably in its {x.shape[0]} cells "
-                         f"({int(const.sum())} of {len(genes)} genes are constant there)")
+        raise ValueError(f"cell type {name!r}: no regulator is detected in >= {k} of its {x.shape[0]} cells "
+                         f"({int(const.sum())} of {len(genes)} genes are below that there)")
     x, g = x[:, ~const], genes[~const]
-    info = {"n_genes_constant_excluded": int(const.sum()),
-            "genes_constant_excluded_first": [str(s) for s in genes[const][:20]]}
+    info = {"min_informative_cells_used": k, "n_genes_excluded": int(const.sum()),
+            "genes_excluded_first": [str(s) for s in genes[const][:20]]}
     if subnetworks == "bootstrap":
         net = aracne.infer_network(x, g, regulators, cfg, name=name)
         net.params.update(info)
@@ -142,7 +144,7 @@ def _network_for_group(x_csr: sp.csr_matrix, genes: np.ndarray, regulators, cfg:
     subnets = []
     for c in big:  # a handful of sub-clusters, each one full ARACNe run
         rows = sub == c
-        keep = ~mutual_info.constant_columns(x[rows])
+        keep = ~mutual_info.constant_columns(x[rows], cfg.min_informative_cells)
         subnets.append(aracne.infer_network(x[rows][:, keep], g[keep], regulators, one, name=f"{name}/{c}"))
     net = consensus_networks(subnets, g, [r for r in regulators if r in regs_present], cfg.fdr, params={
         **cfg.to_params(), "name": name, "n_cells": int(x.shape[0]), "subnetworks": "clusters",
@@ -165,11 +167,14 @@ def infer_cell_type_networks(
     cluster_method: str = "leiden",
     resolution: float = 1.0,
     subcluster_resolution: float = 0.3,
+    min_gene_fraction: float = 0.01,
 ) -> CellTypeNetworks:
     """ARACNe network of every cell type of `adata` (counts in X or `layer`).
 
     `regulators` defaults to the shipped human TF list. Without
-    `cell_type_key`, cell types are `cluster_method` clusters at `resolution`;
+    `cell_type_key`, cell types are `cluster_method` clusters at `resolution`.
+    Per type, genes detected in fewer than max(config.min_informative_cells,
+    min_gene_fraction * cells) of its cells are excluded (and counted);
     with subnetworks="clusters" each type is sub-clustered at
     `subcluster_resolution` and sub-clusters of >= min_cells cells each give a
     subnetwork for the consensus (GREmLN A.1). Types below
@@ -181,6 +186,8 @@ def infer_cell_type_networks(
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     if subnetworks not in SUBNETWORKS:
         raise ValueError(f"subnetworks must be one of {SUBNETWORKS}, got {subnetworks!r}")
+    if not 0.0 <= min_gene_fraction < 1.0:
+        raise ValueError(f"min_gene_fraction must be in [0, 1), got {min_gene_fraction}")
     if min_cells < 8:
         raise ValueError(f"min_cells must be >= 8 (ARACNe needs cells to estimate MI), got {min_cells}")
     if regulators is None:
@@ -224,7 +231,7 @@ def infer_cell_type_networks(
         if reason is None:
             try:
                 net = _network_for_group(x[labels == t], genes, regs, config, str(t), subnetworks, min_cells,
-                                         cluster_kw)
+                                         cluster_kw, min_gene_fraction)
             except aracne.EmptyNetworkError as e:
                 if fallback == "error":
                     raise
@@ -233,20 +240,21 @@ def infer_cell_type_networks(
             networks[t] = net
             rows.append(dict(cell_type=t, n_cells=int(c), status="inferred", n_edges=net.num_edges,
                              n_regulators=net.params.get("n_regulators"), mi_threshold=net.params.get("mi_threshold"),
-                             n_genes_constant_excluded=net.params["n_genes_constant_excluded"],
+                             n_genes_excluded=net.params["n_genes_excluded"],
                              seconds=round(time.perf_counter() - t0, 3)))
             continue
         if fallback == "skip":
             rows.append(dict(cell_type=t, n_cells=int(c), status=f"skipped: {reason}", n_edges=0))
             continue
         if pooled is None:
-            pooled = _network_for_group(x, genes, regs, config, POOLED, subnetworks, min_cells, cluster_kw)
+            pooled = _network_for_group(x, genes, regs, config, POOLED, subnetworks, min_cells, cluster_kw,
+                                        min_gene_fraction)
             networks[POOLED] = pooled
         networks[t] = pooled
         rows.append(dict(cell_type=t, n_cells=int(c), n_edges=pooled.num_edges,
                          status=f"fallback: pooled network of all {adata.n_obs} cells; {reason}",
                          mi_threshold=pooled.params.get("mi_threshold"),
-                         n_genes_constant_excluded=pooled.params["n_genes_constant_excluded"]))
+                         n_genes_excluded=pooled.params["n_genes_excluded"]))
     if not any(isinstance(v, GeneNetwork) for v in networks.values()):
         raise ValueError(f"no network was inferred: every cell type was below min_cells={min_cells} or gave an "
                          f"empty network, and fallback='skip' ({ {t: int(c) for t, c in zip(types, counts)} })")
@@ -254,5 +262,6 @@ def infer_cell_type_networks(
               "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars), "layer": layer,
               "n_regulators_given": len(set(map(str, regulators))), "n_regulators_in_data": len(regs),
               "n_regulators_missing": len(missing), "normalisation": "log1p(counts * 1e4 / cell total)",
+              "min_gene_fraction": min_gene_fraction,
               "aracne": config.to_params()}
     return CellTypeNetworks(networks=networks, summary=pd.DataFrame(rows), labels=labels, params=params)

@@ -47,20 +47,31 @@ def check_expression(x_NxG: np.ndarray, genes: Optional[Sequence[str]] = None, *
             "Impute or drop those cells/genes before inferring a network.")
 
 
-def constant_columns(x_NxG: np.ndarray) -> np.ndarray:
-    """Boolean [G]: genes whose value is the same in every cell (no information)."""
+def constant_columns(x_NxG: np.ndarray, min_cells: int = 1) -> np.ndarray:
+    """Boolean [G]: genes with fewer than `min_cells` cells away from the gene's median value.
+
+    min_cells=1: exactly constant genes (no information). Larger values also flag
+    genes detected in only a handful of cells: two such genes seen in the same
+    cell look almost identical on ranks, which gives spurious near-maximal MI and
+    a degenerate permutation-null tail.
+    """
     x_NxG = np.asarray(x_NxG)
-    return np.all(x_NxG == x_NxG[:1], axis=0)
+    if min_cells <= 1:
+        return np.all(x_NxG == x_NxG[:1], axis=0)
+    return np.count_nonzero(x_NxG != np.median(x_NxG, axis=0, keepdims=True), axis=0) < min_cells
 
 
-def _check_not_constant(x_NxG: np.ndarray, genes: Optional[Sequence[str]], what: str) -> None:
-    const = constant_columns(x_NxG)
+def _check_not_constant(x_NxG: np.ndarray, genes: Optional[Sequence[str]], what: str, min_cells: int = 1) -> None:
+    const = constant_columns(x_NxG, min_cells)
     if const.any():
         idx = np.flatnonzero(const)
         names = [genes[i] if genes is not None else f"column {i}" for i in idx[:5]]
+        how = (f"constant across all {x_NxG.shape[0]} cells" if min_cells <= 1 else
+               f"constant or nearly so (fewer than {min_cells} of {x_NxG.shape[0]} cells differ from the gene's "
+               "median)")
         raise ValueError(
-            f"{what}: {len(idx)} gene(s) are constant across all {x_NxG.shape[0]} cells, so their mutual information "
-            f"is undefined (first: {names}). Drop them first (grn_jax.graphs.constant_columns finds them).")
+            f"{what}: {len(idx)} gene(s) are {how}, so their mutual information is undefined or unreliable "
+            f"(first: {names}). Drop them first (grn_jax.graphs.constant_columns(x, min_cells) finds them).")
 
 
 def rank_transform(x_NxG: np.ndarray, *, ties: str = "average", rng: Optional[np.random.Generator] = None) -> np.ndarray:

@@ -122,7 +122,7 @@ def sim():
 
 def _matrix(sim):
     x = sim.adata.X.toarray().astype(np.float64)
-    keep = ~np.all(x == x[:1], axis=0)
+    keep = ~ctn.mutual_info.constant_columns(x, aracne.AracneConfig().min_informative_cells)
     return x[:, keep], list(sim.adata.var_names[keep]), list(sim.adata.var_names[sim.adata.var.is_tf])
 
 
@@ -170,7 +170,7 @@ def test_max_cells_subsamples_each_run(sim):
 def test_adaptive_estimator_pipeline_runs(sim):
     x, genes, tfs = _matrix(sim)
     x, genes = x[:400, :60], genes[:60]
-    keep = ~np.all(x == x[:1], axis=0)
+    keep = ~ctn.mutual_info.constant_columns(x, 5)
     x, genes = x[:, keep], [g for g, k in zip(genes, keep) if k]
     net = aracne.infer_network(x, genes, tfs, aracne.AracneConfig(estimator="adaptive", n_bootstraps=1,
                                                                     n_null_pairs=1000))
@@ -297,3 +297,27 @@ def test_nan_counts_rejected_with_cell_and_gene(typed):
     with pytest.raises(ValueError, match=f"1 NaN/inf values; first at cell {ad.obs_names[7]!r}, "
                                          f"gene {ad.var_names[2]!r}"):
         ctn.infer_cell_type_networks(ad, cell_type_key="ct", regulators=tfs)
+
+
+def test_genes_detected_in_a_few_cells_are_excluded_and_counted(typed):
+    """Two genes seen only in the same two cells look identical on ranks (MI near its maximum) and would
+    flatten the permutation null's tail; they are excluded per type and reported."""
+    import anndata as an
+    import scipy.sparse as sp
+
+    s, tfs = typed
+    ad = s.adata[s.adata.obs["ct"] == "type_0"]
+    extra = np.zeros((ad.n_obs, 2), np.int32)
+    extra[:2, :] = 5
+    ad2 = an.AnnData(X=sp.hstack([ad.X, sp.csr_matrix(extra)]).tocsr(), obs=ad.obs.copy())
+    ad2.var_names = list(ad.var_names) + ["RARE1", "RARE2"]
+    res = ctn.infer_cell_type_networks(ad2, cell_type_key="ct", regulators=tfs + ["RARE1"], min_cells=20,
+                                       config=aracne.AracneConfig(n_bootstraps=3, n_null_pairs=1000))
+    net = res.networks["type_0"]
+    assert {"RARE1", "RARE2"} <= set(net.params["genes_excluded_first"])
+    assert net.params["min_informative_cells_used"] == 5 and res.summary["n_genes_excluded"].iloc[0] >= 2
+    assert not ({"RARE1", "RARE2"} & (set(net.regulator) | set(net.target)))
+    with pytest.raises(ValueError, match=r"nearly so .fewer than 5 of .* cells.*RARE1"):
+        x = ad2.X.toarray()
+        aracne.infer_network(x[:, ~ctn.mutual_info.constant_columns(x)], list(np.asarray(ad2.var_names)[
+            ~ctn.mutual_info.constant_columns(x)]), tfs + ["RARE1"], aracne.AracneConfig(n_bootstraps=1))
