@@ -38,16 +38,22 @@ class CompileReport:
     compile_s: float
 
     def format(self) -> str:
-        gib = 1024 ** 3
         lines = [f"mesh {self.mesh} on {self.n_devices} {jax.default_backend()} device(s); "
                  f"batch {self.batch_shape}; {self.n_params:,} parameters",
-                 f"parameters per device: {self.param_bytes_per_device / gib:.4f} GiB (f32, sharded)"]
+                 f"parameters per device: {_human(self.param_bytes_per_device)} (f32, sharded)"]
         for k, v in self.memory.items():
-            lines.append(f"{k}: {v / gib:.4f} GiB per device")
+            lines.append(f"{k}: {_human(v)} per device")
         lines.append(f"FLOPs per step (per device program): "
                      f"{self.flops:.4g}" if self.flops is not None else "FLOPs: not reported by this backend")
         lines.append(f"compile time: {self.compile_s:.1f} s")
         return "\n".join(lines)
+
+
+def _human(n_bytes: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.2f} {unit}"
+    return f"{n_bytes} B"
 
 
 def _memory_fields(compiled) -> dict:

@@ -24,7 +24,7 @@ def test_compile_only_reports_sharded_memory_and_flops():
     assert report.memory["argument_size_in_bytes"] > 0
     # fsdp=4: every matrix with a d_model axis is split 4 ways, so far less than the full f32 parameter bytes
     assert report.param_bytes_per_device < 0.5 * 4 * report.n_params
-    assert "FLOPs per step" in lines[0] and "GiB per device" in lines[0]
+    assert "FLOPs per step" in lines[0] and "iB per device" in lines[0]
 
 
 def test_compile_only_needs_a_vocabulary_and_a_fitting_batch():
