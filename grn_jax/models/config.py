@@ -106,6 +106,8 @@ class ModelConfig:
 
     def __post_init__(self):
         o = "ModelConfig"
+        if isinstance(self.attention, list):  # from YAML: keep the config hashable
+            object.__setattr__(self, "attention", tuple(self.attention))
         if self.gene_vocab_size < 4:
             raise ValueError(f"{o}.gene_vocab_size must count the 3 special tokens plus at least one gene, "
                              f"got {self.gene_vocab_size}")

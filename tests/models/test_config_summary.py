@@ -72,6 +72,11 @@ def test_adapter_config_errors_name_the_field(kwargs, field):
         AdapterConfig(**kwargs)
 
 
+def test_config_is_hashable_with_per_layer_list():
+    cfg = tiny(attention=["diffusion", "vanilla"])
+    assert cfg.attention == ("diffusion", "vanilla") and hash(cfg) == hash(tiny(attention=("diffusion", "vanilla")))
+
+
 def test_heat_plan_adaptive_or_fixed_order():
     from grn_jax.models import heat_plan
 
