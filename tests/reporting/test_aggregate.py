@@ -1,0 +1,49 @@
+"""experiments/aggregate.py: mean ± sd over seeds on toy rows, checked by hand."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "experiments" / "aggregate.py"
+_spec = importlib.util.spec_from_file_location("experiments_aggregate", _PATH)
+agg = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(agg)
+
+ROWS = [
+    {"variant": "gdka", "seed": 0, "loss": 1.0, "f1": 0.5},
+    {"variant": "gdka", "seed": 1, "loss": 2.0, "f1": 0.7},
+    {"variant": "gdka", "seed": 2, "loss": 4.0, "f1": None},
+    {"variant": "vanilla", "seed": 0, "loss": 3.0, "f1": float("nan")},
+]
+
+
+def test_mean_sd_by_hand():
+    t = agg.aggregate(ROWS, ["loss", "f1"])
+    assert list(t) == ["gdka", "vanilla"]  # first-seen order
+    # loss over 1, 2, 4: mean 7/3; sample variance ((1-7/3)^2 + (2-7/3)^2 + (4-7/3)^2) / 2 = 7/3
+    assert t["gdka"]["loss"]["mean"] == pytest.approx(7 / 3, rel=1e-12)
+    assert t["gdka"]["loss"]["sd"] == pytest.approx(math.sqrt(7 / 3), rel=1e-12)
+    assert (t["gdka"]["loss"]["n"], t["gdka"]["loss"]["missing"]) == (3, 0)
+    # f1: the None run is missing, not a zero: mean of 0.5, 0.7; sd = 0.2 / sqrt(2)
+    assert t["gdka"]["f1"]["mean"] == pytest.approx(0.6, rel=1e-12)
+    assert t["gdka"]["f1"]["sd"] == pytest.approx(0.2 / math.sqrt(2), rel=1e-12)
+    assert (t["gdka"]["f1"]["n"], t["gdka"]["f1"]["missing"]) == (2, 1)
+    # one value: sd 0; a NaN-only metric has no mean
+    assert (t["vanilla"]["loss"]["mean"], t["vanilla"]["loss"]["sd"]) == (3.0, 0.0)
+    assert t["vanilla"]["f1"] == {"n": 0, "missing": 1, "mean": None, "sd": None}
+
+
+def test_markdown_cells_and_command():
+    t = agg.aggregate(ROWS, ["loss", "f1"])
+    md = agg.results_markdown("T", t, ["loss", "f1"], command="python experiments/ablations.py x", setup="s",
+                              paper="p", notes=["n1"], machine={"cpu": "c"}, seconds=1.0)
+    assert "| gdka | 2.333 ± 1.528 (n=3) | 0.600 ± 0.141 (n=2, 1 missing) |" in md
+    assert "| vanilla | 3.000 ± 0.000 (n=1) | – |" in md
+    assert "`python experiments/ablations.py x`" in md and "- n1" in md
+
+
+def test_row_without_variant_is_refused():
+    with pytest.raises(ValueError, match="no 'variant'"):
+        agg.aggregate([{"seed": 0, "loss": 1.0}], ["loss"])
