@@ -41,14 +41,32 @@ def fmt(summary: dict, digits: int = 3) -> str:
     return f"{summary['mean']:.{digits}f} ± {summary['sd']:.{digits}f} (n={summary['n']}{miss})"
 
 
+def finding(table: dict, metrics: Sequence[str]) -> str:
+    """Per metric: the range of the variants' means against the largest seed sd (is any difference resolved?)."""
+    parts = []
+    for m in metrics:
+        rows = {v: r[m] for v, r in table.items() if r[m]["mean"] is not None}
+        if len(rows) < 2:
+            continue
+        means = {v: r["mean"] for v, r in rows.items()}
+        spread = max(means.values()) - min(means.values())
+        sd = max(r["sd"] for r in rows.values())
+        hi = max(means, key=means.get)
+        verdict = ("within seed noise (range <= 2 x the largest sd): no ranking" if spread <= 2 * sd else
+                   f"range exceeds 2 x the largest sd; highest mean: {hi}")
+        parts.append(f"{m}: means span {spread:.3f}, largest sd {sd:.3f}, {verdict}")
+    return "; ".join(parts) if parts else "fewer than two variants produced a metric"
+
+
 def results_markdown(title: str, table: dict, metrics: Sequence[str], *, command: str, setup: str,
                      paper: str, notes: Sequence[str], machine: dict, seconds: float) -> str:
     """The results page: what was run (exact command), the table, and how it differs from the paper."""
     lines = [f"# {title}", "", f"Command: `{command}`", "", setup, "",
              "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     lines += [f"| {v} | " + " | ".join(fmt(row[m]) for m in metrics) + " |" for v, row in table.items()]
-    lines += ["", f"Paper: {paper}", "", "## How these numbers differ from the paper's, and why", ""]
+    lines += ["", "Finding: " + finding(table, metrics), "", f"Paper: {paper}", "",
+              "## How these numbers differ from the paper's, and why", ""]
     lines += [f"- {n}" for n in notes]
-    lines += ["", "## Machine", "", ", ".join(f"{k}: {v}" for k, v in machine.items()),
-              f"; wall time {seconds:.0f} s (shared, heavily loaded 2-core machine).", ""]
+    lines += ["", "## Machine", "", ", ".join(f"{k}: {v}" for k, v in machine.items())
+              + f"; wall time {seconds:.0f} s (shared, heavily loaded machine: timings are not comparable).", ""]
     return "\n".join(lines)

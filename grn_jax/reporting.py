@@ -342,3 +342,31 @@ def write_report(run_dir, *, out_dir=None, eval_dir=None, embedded=None, label_k
     report = Report(str(md), str(page), figures, sections, missing)
     log(report.to_text())
     return report
+
+
+def quickstart_report(out_dir, run_dir, embedded, *, echo: Callable[[str], None] = print) -> Report:
+    """The last stage of `make quickstart`: three evaluations of the tiny run, then its report.
+
+    Annotation, masked edge prediction and TF attention on the bundled PBMCs (the
+    quickstart's counts file and per-cell-type networks), small settings for a CPU,
+    written to RUN_DIR/eval; then `write_report` into RUN_DIR/report.
+    """
+    from grn_jax.inference.graph_sources import GraphSpec
+    from grn_jax.tasks import evaluate_annotation, evaluate_attention, evaluate_edge_prediction
+
+    out, run_dir = Path(out_dir), Path(run_dir)
+    counts = out / "pbmc68k_counts.h5ad"
+    graph = GraphSpec()
+    if (out / "networks" / "summary.json").is_file():
+        graph = GraphSpec(networks_dir=str(out / "networks"), cell_type_column="cell_type")
+    eval_dir = run_dir / "eval"
+    echo(f"== evaluating {run_dir} on the bundled PBMCs (annotation, edge prediction, TF attention) ==")
+    quiet = {"log": lambda s: None}
+    for task, fn, kw in (("annotation", evaluate_annotation, {"label_key": "cell_type"}),
+                         ("edge_prediction", evaluate_edge_prediction, {"max_cells": 200, "n_boot": 100}),
+                         ("attention", evaluate_attention, {"n_perm": 200})):
+        fn(run_dir, counts, graph=graph, **kw, **quiet).write(eval_dir)
+        echo(f"eval {task}: {eval_dir / (task + '.md')}")
+    report = write_report(run_dir, eval_dir=eval_dir, embedded=embedded, log=lambda s: None)
+    echo(f"report written: {Path(report.html).resolve()} (and report.md, figures beside it)")
+    return report

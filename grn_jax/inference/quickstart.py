@@ -76,9 +76,12 @@ def _pca_baseline(counts, n_components: int = 50) -> np.ndarray:
 
 
 def quickstart(out_dir="quickstart_out", *, echo: Callable[[str], None] = print) -> dict:
-    """`grn-jax quickstart`: data pipeline + tiny pretraining (`grn_jax.train.quickstart`), then the embed stage."""
+    """`grn-jax quickstart`: data + tiny pretraining (`grn_jax.train.quickstart`), embed stage, evaluations + report."""
+    from grn_jax.reporting import quickstart_report  # evaluations + `grn-jax report` of the tiny run
     from grn_jax.train.quickstart import quickstart as pretrain_quickstart
 
     result = pretrain_quickstart(out_dir, echo=echo)
     result["embed"] = quickstart_embed(out_dir, result["pretrain"].run_dir, echo=echo)
+    result["report"] = quickstart_report(out_dir, result["pretrain"].run_dir, result["embed"]["embedded"],
+                                         echo=echo)
     return result

@@ -47,3 +47,14 @@ def test_markdown_cells_and_command():
 def test_row_without_variant_is_refused():
     with pytest.raises(ValueError, match="no 'variant'"):
         agg.aggregate([{"seed": 0, "loss": 1.0}], ["loss"])
+
+
+def test_finding_compares_the_spread_with_the_seed_sd():
+    t = agg.aggregate([{"variant": "a", "x": 1.0}, {"variant": "a", "x": 1.2},
+                       {"variant": "b", "x": 1.1}, {"variant": "b", "x": 1.3}], ["x"])
+    # means 1.1 and 1.2 (span 0.1); sd of each pair 0.2/sqrt(2) = 0.1414: span <= 2 sd
+    assert agg.finding(t, ["x"]) == "x: means span 0.100, largest sd 0.141, within seed noise (range <= 2 x the " \
+                                    "largest sd): no ranking"
+    t = agg.aggregate([{"variant": "a", "x": 1.0}, {"variant": "a", "x": 1.01},
+                       {"variant": "b", "x": 2.0}, {"variant": "b", "x": 2.01}], ["x"])
+    assert agg.finding(t, ["x"]).endswith("range exceeds 2 x the largest sd; highest mean: b")
