@@ -28,6 +28,12 @@ def _target(mesh):
     return abstract_with_shardings(abstract, shardings)
 
 
+@pytest.fixture(scope="module")
+def state1():
+    """A train state on one device, shared (read-only) by the tests below."""
+    return init_sharded_state(toy.toy_init(MODEL, BATCH), TX, _mesh((1, 1, 1)), jax.random.key(0)).state
+
+
 def _save(directory, state, steps, every=1, **kw):
     ck = Checkpointer(directory, every=every, **kw)
     for step, val in steps:
@@ -53,18 +59,16 @@ def test_restore_onto_another_mesh(tmp_path, save_shape, load_shape):
     assert len(w1.sharding.device_set) == load_mesh.size
 
 
-def test_keeps_last_k_and_best(tmp_path):
-    state = init_sharded_state(toy.toy_init(MODEL, BATCH), TX, _mesh((1, 1, 1)), jax.random.key(0)).state
-    ck = _save(tmp_path, state, [(1, 5.0), (2, 1.0), (3, 4.0), (4, 3.0), (5, None)], keep_last=2, keep_best=1)
+def test_keeps_last_k_and_best(tmp_path, state1):
+    ck = _save(tmp_path, state1, [(1, 5.0), (2, 1.0), (3, 4.0), (4, 3.0), (5, None)], keep_last=2, keep_best=1)
     assert ck.all_steps() == [2, 4, 5]  # best (val 1.0) + the last two
     assert ck.best_step() == 2
     assert ck.latest_valid_step() == 5
     ck.close()
 
 
-def test_corrupt_checkpoint_is_refused(tmp_path):
-    state = init_sharded_state(toy.toy_init(MODEL, BATCH), TX, _mesh((1, 1, 1)), jax.random.key(0)).state
-    ck = _save(tmp_path, state, [(1, None), (2, None)], keep_last=3)
+def test_corrupt_checkpoint_is_refused(tmp_path, state1):
+    ck = _save(tmp_path, state1, [(1, None), (2, None)], keep_last=3)
     record = json.loads((tmp_path / "2" / INTEGRITY_FILE).read_text())["files"]
     victim = max((k for k in record if k.startswith("state/")), key=lambda k: record[k]["bytes"])
     path = tmp_path / "2" / victim
@@ -78,9 +82,8 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     ck.close()
 
 
-def test_partial_checkpoint_is_skipped_and_reported(tmp_path):
-    state = init_sharded_state(toy.toy_init(MODEL, BATCH), TX, _mesh((1, 1, 1)), jax.random.key(0)).state
-    ck = _save(tmp_path, state, [(1, None), (2, None)], keep_last=3)
+def test_partial_checkpoint_is_skipped_and_reported(tmp_path, state1):
+    ck = _save(tmp_path, state1, [(1, None), (2, None)], keep_last=3)
     (tmp_path / "2" / INTEGRITY_FILE).unlink()  # as if killed after orbax finalised, before sealing
     reports = []
     assert ck.latest_valid_step(report=reports.append) == 1
@@ -90,9 +93,8 @@ def test_partial_checkpoint_is_skipped_and_reported(tmp_path):
     ck.close()
 
 
-def test_no_pickle_in_checkpoints(tmp_path):
-    state = init_sharded_state(toy.toy_init(MODEL, BATCH), TX, _mesh((1, 1, 1)), jax.random.key(0)).state
-    _save(tmp_path, state, [(1, None)]).close()
+def test_no_pickle_in_checkpoints(tmp_path, state1):
+    _save(tmp_path, state1, [(1, None)]).close()
     for f in (tmp_path / "1").rglob("*"):
         if f.is_file():
             head = f.read_bytes()[:2]

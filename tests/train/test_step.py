@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from grn_jax.testing import assert_allclose
 from grn_jax.train import losses
@@ -40,11 +41,19 @@ def test_masked_cross_entropy_against_hand_computation():
     assert float(losses.masked_bin_correct(logits, targets, mask)) == 1.0
 
 
-def test_grad_accumulation_equals_one_big_batch():
+@pytest.fixture(scope="module")
+def big_step():
+    """One compiled single-device step (no accumulation), shared by the tests below."""
     batch = toy.toy_batch(8, seed=3)
-    big = TrainConfig(steps=10, batch_size=8, grad_accum=1, optim=SMOOTH)
+    cfg = TrainConfig(steps=10, batch_size=8, grad_accum=1, optim=SMOOTH)
+    init, step, mesh = _setup(cfg, batch)
+    return cfg, batch, step, mesh
+
+
+def test_grad_accumulation_equals_one_big_batch(big_step):
+    big, batch, step_a, mesh = big_step
     acc = TrainConfig(steps=10, batch_size=8, grad_accum=4, optim=SMOOTH)
-    init_a, step_a, mesh = _setup(big, batch)
+    init_a = init_sharded_state(toy.toy_init(toy.ToyModel(), batch), make_optimizer(big), mesh, jax.random.key(0))
     init_b, step_b, _ = _setup(acc, batch)
     w1_before = np.asarray(init_a.state.params["w1"])  # the step donates (deletes) its input state
     sa, ma = step_a(init_a.state, sh.global_batch(batch, mesh))
@@ -59,11 +68,10 @@ def test_grad_accumulation_equals_one_big_batch():
     assert not np.allclose(pa["w1"], w1_before)
 
 
-def test_non_finite_step_leaves_state_untouched():
-    batch = toy.toy_batch(8)
-    cfg = TrainConfig(steps=10, batch_size=8)
-    init, step, mesh = _setup(cfg, batch)
-    state = init.state
+def test_non_finite_step_leaves_state_untouched(big_step):
+    cfg, batch, step, mesh = big_step
+    state = init_sharded_state(toy.toy_init(toy.ToyModel(), batch), make_optimizer(cfg), mesh,
+                               jax.random.key(0)).state
     params = dict(state.params)
     params["wout"] = params["wout"].at[0, 0].set(jnp.nan)
     bad = state.replace(params=params)
