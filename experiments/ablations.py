@@ -72,7 +72,8 @@ ABLATIONS = {
                  "0.006, cell-type 0.901 ± 0.003, cell-specific 0.902 ± 0.002, hybrid 0.906 ± 0.002.",
         "variants": {"none": ("none", []), "random": ("random", []), "cell-type": ("cell_type", []),
                      "cell-specific": ("cell_specific", []),
-                     "hybrid": ("hybrid", ADAPTER + ["model.adapter.perturb_alpha=0.0"])},
+                     # fixed_shape does not support shards with a cell-specific graph: bucketed shapes
+                     "hybrid": ("hybrid", ADAPTER + ["model.adapter.perturb_alpha=0.0", "data.fixed_shape=false"])},
         "notes": ["none/random/cell-type/cell-specific are the graph the GDKA layers diffuse over; hybrid is "
                   "GDKA over the cell-type graph plus the GRNFormer adapter over cell-type + cell-specific "
                   "graphs (so it also has more parameters).",
@@ -212,13 +213,27 @@ def run(name: str, seeds: int, steps: int, work_dir: Path, out_dir: Path, log=pr
         ad = adata.copy()
         ad.uns.clear()
         ad.write_h5ad(counts_h5ad)
+    # finished runs are recorded one per line, so a rerun (after a crash or with more seeds) skips them
+    done_path = work_dir / "rows" / f"{name}.jsonl"
+    done_path.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.is_file() else []
     rows = []
     for variant, (kind, overrides) in spec["variants"].items():
-        shards, gspec = prepare_data(kind, work_dir, adata, log)
+        shards, gspec = None, None
         for seed in range(seeds):
+            key = {"variant": variant, "seed": seed, "steps": steps, "graph": kind, "overrides": overrides}
+            prior = [r for r in done if all(r.get(k) == v for k, v in key.items())]
+            if prior:
+                rows.append({"variant": variant, "seed": seed, **prior[-1]["metrics"]})
+                log(f"{name}: {variant} seed {seed}: recorded in {done_path}")
+                continue
+            if shards is None:
+                shards, gspec = prepare_data(kind, work_dir, adata, log)
             ts = time.time()
             row = run_variant(shards, gspec, overrides, seed, steps, work_dir / "runs" / name / f"{variant}_{seed}",
                               counts_h5ad, log)
+            with done_path.open("a") as f:
+                f.write(json.dumps({**key, "metrics": row}) + "\n")
             rows.append({"variant": variant, "seed": seed, **row})
             log(f"{name}: {variant} seed {seed}: {row} ({time.time() - ts:.0f} s)")
     return write_results(name, rows, seeds, steps, time.time() - t0, machine(), out_dir, log)
