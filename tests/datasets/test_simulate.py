@@ -154,7 +154,7 @@ def test_h5ad_round_trip(tmp_path):
     np.testing.assert_array_equal(back.obs["perturbation"], d.adata.obs["perturbation"])
 
 
-def test_simulate_cli_writes_files(tmp_path):
+def test_simulate_cli_writes_files(tmp_path, capsys):
     import json
 
     from grn_jax.cli import main
@@ -168,8 +168,10 @@ def test_simulate_cli_writes_files(tmp_path):
     np.testing.assert_array_equal(np.asarray(net.target).astype(str), direct.network.target)
     np.testing.assert_allclose(net.mi, direct.network.mi, rtol=1e-9)
     assert summary["edges"] == direct.network.num_edges and summary["cells"] == 150
-    with pytest.raises(ValueError, match="overwrite"):
-        main(["simulate", "--out", str(out), "--cells", "150", "--genes", "40", "--tfs", "5"])
+    capsys.readouterr()
+    # an existing output is refused: one error line naming the fix, exit code 2
+    assert main(["simulate", "--out", str(out), "--cells", "150", "--genes", "40", "--tfs", "5"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
 
 
 @pytest.mark.slow
