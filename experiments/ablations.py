@@ -79,8 +79,9 @@ ABLATIONS = {
                   "graphs (so it also has more parameters).",
                   "random: a network with the same number of edges as the pooled cell-type networks, pairs "
                   "drawn uniformly among the genes (seed 0).",
-                  "annot_f1 is missing for cell-specific: inference cannot rebuild per-cell AUCell graphs "
-                  "for new data; for hybrid, inference gives the adapter the cell-type graph only."],
+                  "annot_f1 is missing for cell-specific and hybrid: inference (`embed`) cannot yet rebuild "
+                  "per-cell AUCell graphs for new cells and refuses such checkpoints, so only the validation "
+                  "metrics (computed with the cells' own graphs) compare all five."],
     },
     "gnn_type": {
         "title": "GNN of the GRNFormer structure adapter: GraphSAGE / GCN / GIN",
@@ -149,8 +150,8 @@ def prepare_data(kind: str, work: Path, adata, log) -> tuple[Path, object]:
     elif kind == "cell_specific":
         graph, spec = cell_specific_factory(networks, cell_type_column="cell_type"), None
     elif kind == "hybrid":
-        graph, cell_graph, spec = networks, cell_specific_factory(networks, cell_type_column="cell_type"), \
-            cell_type_spec
+        # embed refuses checkpoints trained with cell-specific graphs (it cannot build them for new cells)
+        graph, cell_graph, spec = networks, cell_specific_factory(networks, cell_type_column="cell_type"), None
     elif kind != "none":
         raise ValueError(f"unknown graph kind {kind!r}")
     shards = work / "data" / kind
