@@ -88,16 +88,26 @@ def agree_on_shape(batch: CellBatch, pad_bin: int) -> CellBatch:
 
 
 def largest_bucket_pair(store: ShardStore) -> tuple[int, int]:
-    """(S, E): the largest sequence bucket the shards use and the edge bucket of the busiest cell."""
+    """(S, E): the buckets of the longest cell and of the most edges any cell has (either graph).
+
+    Read from the shards' CSR pointer arrays (`token_ptr`, `edge_ptr`, `cell_edge_ptr`;
+    layout in `grn_jax.data.shards`), memory-mapped, vectorised.
+    """
     from grn_jax.data.buckets import bucket_for
 
-    summary = store.manifest.get("summary", {})
-    if store.with_cell_graph or "seq_buckets_used" not in summary or "edges_per_cell_max" not in summary:
-        raise ValueError(f"data.fixed_shape: the manifest of {store.folder} does not record the largest bucket "
-                         f"pair (or the shards carry a cell-specific graph, not supported yet); set "
-                         f"data.fixed_shape=false")
-    s = max(summary["seq_buckets_used"])
-    e = bucket_for(int(summary["edges_per_cell_max"]), store.edge_buckets, "edge count")
+    longest, most_edges = 0, 0
+    ptrs = ["edge_ptr"] + (["cell_edge_ptr"] if store.with_cell_graph else [])
+    for shard in store.manifest["shards"]:
+        folder = store.folder / shard["name"]
+        tok = np.load(folder / "token_ptr.npy", mmap_mode="r")
+        if len(tok) > 1:
+            longest = max(longest, int(np.diff(tok).max()))
+        for name in ptrs:
+            ptr = np.load(folder / f"{name}.npy", mmap_mode="r")
+            if len(ptr) > 1:
+                most_edges = max(most_edges, int(np.diff(ptr).max()))
+    s = bucket_for(1 + longest, store.seq_buckets, "sequence length (CLS + genes)")
+    e = bucket_for(most_edges, store.edge_buckets, "edge count")
     return int(s), int(e)
 
 

@@ -118,3 +118,15 @@ def test_nan_guard_names_step_and_last_checkpoint(shards, tmp_path):
         pretrain(build_run_config(tree), log=lambda _: None)
     events = read_metrics(tmp_path / "run", "event")
     assert events[-1]["event"] == "non_finite"
+
+
+def test_fixed_shape_is_the_largest_bucket_pair_any_batch_uses(shards):
+    from grn_jax.data.loader import make_loader
+    from grn_jax.data.shards import ShardStore
+    from grn_jax.train.data import largest_bucket_pair
+
+    store = ShardStore(shards)
+    s, e = largest_bucket_pair(store)
+    shapes = {(b.tokens.gene_ids.shape[1], b.tokens.graph.senders.shape[1])
+              for b in make_loader(store, 1, shuffle=False, num_epochs=1, process_index=0, process_count=1)}
+    assert max(x for x, _ in shapes) == s and max(y for _, y in shapes) == e
