@@ -139,7 +139,7 @@ def profile_training(cfg, *, steps: int, out_dir: str, seq_len: Optional[int] = 
     `seq_len` / `num_edges` default to the configured largest bucket
     (CLS + tokenize.max_genes, tokenize.max_edges), else 256 / 1024.
     """
-    from grn_jax.models import build_model, example_batch
+    from grn_jax.train.model_fns import model_fns
     from grn_jax.train import sharding as sh
     from grn_jax.train.data import abstract_local_batch, masking_fn
     from grn_jax.train.loop import check_batch_layout
@@ -158,15 +158,8 @@ def profile_training(cfg, *, steps: int, out_dir: str, seq_len: Optional[int] = 
     t = cfg.train
     mesh = sh.make_mesh(cfg.mesh)
     check_batch_layout(cfg, mesh)
-    model = build_model(cfg.model)
+    model, init_params, apply_fn = model_fns(cfg.model)
     tx = make_optimizer(t)
-    init_batch = example_batch(cfg.model, batch_size=1, seq_len=8, num_edges=8)
-
-    def init_params(rng):
-        return model.init({"params": rng}, init_batch, deterministic=True)["params"]
-
-    def apply_fn(params, batch, *, deterministic, rngs):
-        return model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs).bin_logits
 
     init = init_sharded_state(init_params, tx, mesh, jax.random.key(t.seed))
     batch = abstract_local_batch(cfg.model, t.batch_size, seq_len, num_edges)

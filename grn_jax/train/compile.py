@@ -85,7 +85,7 @@ def compile_only(cfg: RunConfig, *, seq_len: Optional[int] = None, num_edges: Op
     `seq_len` / `num_edges` default to the largest bucket the data config allows
     (CLS + `tokenize.max_genes`, `tokenize.max_edges`), else 2048 / 8192.
     """
-    from grn_jax.models import build_model, example_batch
+    from grn_jax.train.model_fns import model_fns
     from grn_jax.models.summary import count_params
     from grn_jax.train.data import abstract_local_batch, masking_fn
 
@@ -98,15 +98,8 @@ def compile_only(cfg: RunConfig, *, seq_len: Optional[int] = None, num_edges: Op
     t = cfg.train
     mesh = sh.make_mesh(cfg.mesh)
     check_batch_layout(cfg, mesh)
-    model = build_model(cfg.model)
+    model, init_params, apply_fn = model_fns(cfg.model)
     tx = make_optimizer(t)
-    init_batch = example_batch(cfg.model, batch_size=1, seq_len=8, num_edges=8)
-
-    def init_params(rng):
-        return model.init({"params": rng}, init_batch, deterministic=True)["params"]
-
-    def apply_fn(params, batch, *, deterministic, rngs):
-        return model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs).bin_logits
 
     abstract, shardings, _ = state_shardings(init_params, tx, mesh, jax.random.key(0))
     batch = abstract_local_batch(cfg.model, t.batch_size, seq_len, num_edges)

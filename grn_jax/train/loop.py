@@ -137,7 +137,7 @@ def _check_resume_config(saved: dict, current: dict, step: int, log=print) -> No
 def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainResult:
     """Run (or resume) pretraining as configured; see the module docstring."""
     from grn_jax.config import dump_run_config, resolve_vocab_size
-    from grn_jax.models import build_model, example_batch
+    from grn_jax.train.model_fns import model_fns
     from grn_jax.models.summary import count_params
     from grn_jax.train.data import open_train_data
 
@@ -153,15 +153,8 @@ def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainR
                          f"{data.n_bins} bins; set model.n_bins={data.n_bins}")
     mesh = sh.make_mesh(cfg.mesh)
     check_batch_layout(cfg, mesh)
-    model = build_model(cfg.model)
+    model, init_params, apply_fn = model_fns(cfg.model)
     tx = make_optimizer(t)
-    init_batch = example_batch(cfg.model, batch_size=1, seq_len=8, num_edges=8)
-
-    def init_params(rng):
-        return model.init({"params": rng}, init_batch, deterministic=True)["params"]
-
-    def apply_fn(params, batch, *, deterministic, rngs):
-        return model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs).bin_logits
 
     rng = jax.random.key(t.seed)
     ckpt = Checkpointer(run_dir / "checkpoints", every=t.checkpoint_every, keep_last=t.keep_last,
