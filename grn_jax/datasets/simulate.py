@@ -135,7 +135,7 @@ def simulate(
     non_tf = np.setdiff1d(np.arange(n_genes), tf_idx)
     n_unreg = int(round(unregulated_fraction * len(non_tf)))
     shuffled = rng.permutation(non_tf)
-    unregulated, targets2 = np.sort(shuffled[:n_unreg]), np.sort(shuffled[n_unreg:])
+    targets2 = np.sort(shuffled[n_unreg:])  # the first n_unreg stay unregulated
 
     # Hub preference: TF of rank r is chosen with probability ~ 1 / r**hub_exponent.
     hub_rank = rng.permutation(n_tfs)

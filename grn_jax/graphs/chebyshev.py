@@ -175,7 +175,6 @@ def chebyshev_plan(filter_fn: Callable[[np.ndarray], np.ndarray], tol: float = 1
         raise ValueError(f"tol={tol:g} is below what float64 quadrature resolves for filter {name!r} "
                          f"(round-off ~{noise:.1e} per coefficient); use tol > {10 * noise:.1e}")
     mag = np.where(np.abs(coeffs) > noise, np.abs(coeffs), 0.0)
-    tails = np.concatenate([np.cumsum(mag[::-1])[::-1][1:], [0.0]])
     # The last tail is 0 by construction; beyond max_order we cannot see, so demand that the
     # last few coefficients are already negligible before trusting the adaptive choice.
     if np.sum(mag[-8:]) > tol:

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 CHI2_3DOF_P05 = 7.815  # chi-square critical value, 3 dof, p = 0.05 (ARACNe-AP)
 

@@ -76,7 +76,7 @@ def _model_card(pre: Pretrained, n_params: int, platforms: Sequence[str]) -> str
         f"- parameters: {n_params:,}",
         f"- gene vocabulary: {len(pre.vocab)} tokens (3 special + {len(pre.vocab.genes)} genes); "
         f"{tok['bin_spec']['n_bins']} expression bins",
-        f"- full config: `config.json`",
+        "- full config: `config.json`",
         "",
         "## Training",
         f"- optimiser steps: {pre.step}",

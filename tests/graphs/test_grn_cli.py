@@ -73,4 +73,4 @@ def test_infer_reports_bad_input(files, tmp_path, capsys):
     for argv, msg in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"grn-jax grn: error: ") and msg in err, err
+        assert err.startswith("grn-jax grn: error: ") and msg in err, err
