@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -69,20 +67,9 @@ def grn_like_batch(rng: np.random.Generator, num_genes: int, batch: int, *, isol
 
 
 def machine_description() -> dict:
-    import jax
+    from grn_jax.machine import describe_machine
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()][:1], "python": platform.python_version(),
-            "load_average_at_start": [round(x, 2) for x in load]}
+    return describe_machine()
 
 
 def memory_bandwidth(nbytes: int = 256 * 2 ** 20, reps: int = 7) -> float:

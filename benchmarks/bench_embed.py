@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,16 +38,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    dev = jax.devices()[0]
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "device": getattr(dev, "device_kind", str(dev)), "python": platform.python_version(),
-            "load_average_1min": os.getloadavg()[0]}
+    from grn_jax.machine import describe_machine
+
+    return describe_machine()
 
 
 def random_prior(genes, seed=0):

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -58,18 +56,9 @@ PEAKS = {
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = jax.devices()[0]
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "device": getattr(dev, "device_kind", str(dev)),
-            "n_devices": jax.device_count(), "platform": platform.platform()}
+    from grn_jax.machine import describe_machine
+
+    return describe_machine()
 
 
 def peak_for(device_kind: str):

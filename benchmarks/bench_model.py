@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,15 +41,9 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    dev = jax.devices()[0]
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "device": getattr(dev, "device_kind", str(dev)), "python": platform.python_version()}
+    from grn_jax.machine import describe_machine
+
+    return describe_machine()
 
 
 def realistic_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int, n_bins: int) -> TokenBatch:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -41,18 +39,9 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    import jax
+    from grn_jax.machine import describe_machine
 
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "jax": jax.__version__, "backend": jax.default_backend(), "platform": platform.platform()}
+    return describe_machine()
 
 
 def ours(adata, cfg: DataConfig, graph=None) -> tuple[int, int]:

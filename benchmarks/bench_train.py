@@ -44,7 +44,6 @@ from grn_jax.models import build_model, example_batch, gremln_base, tiny  # noqa
 from grn_jax.train import sharding as sh  # noqa: E402
 from grn_jax.train.config import MeshConfig, TrainConfig  # noqa: E402
 from grn_jax.train.optim import make_optimizer  # noqa: E402
-from grn_jax.train.provenance import cpu_model  # noqa: E402
 from grn_jax.train.state import init_sharded_state  # noqa: E402
 from grn_jax.train.step import jit_train_step, make_train_step  # noqa: E402
 from grn_jax.types import GENE_CLS, GENE_PAD, BinSpec, GraphBatch, TokenBatch  # noqa: E402
@@ -54,8 +53,11 @@ VOCAB = 2003
 
 
 def machine() -> dict:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind} (fake CPU devices share the cores)"}
+    from grn_jax.machine import describe_machine
+
+    info = describe_machine()
+    info["devices"] = f"{jax.device_count()} x {jax.devices()[0].device_kind} (fake CPU devices share the cores)"
+    return info
 
 
 def synthetic_cells(rng: np.random.Generator, batch: int, seq_len: int, n_bins: int) -> CellBatch:

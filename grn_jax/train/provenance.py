@@ -9,6 +9,8 @@ from pathlib import Path
 
 import jax
 
+from grn_jax.machine import cpu_model
+
 
 def git_commit() -> str:
     """The git commit of the grn_jax source tree, or 'unknown (<reason>)'."""
@@ -26,14 +28,6 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def describe_devices() -> dict:
