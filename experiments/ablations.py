@@ -43,6 +43,10 @@ ADAPTER_NOTE = ("The variants' val_loss differ only in the 4th-5th decimal (see 
                 "few dozen steps the adapter's fused output barely moves the masked-bin loss, so this run shows "
                 "the switch is wired through training, not which choice is better.")
 COMMON_NOTES = [
+    "At this budget every model's annotation macro-F1 (annot_f1) is far below the PCA-50 baseline of the same "
+    "evaluation (pca_f1): the models are under-trained (validation masked-bin accuracy ~0.27 over 32 bins), so "
+    "these runs can neither confirm nor refute the papers' rankings; they show each ablation runs end to end "
+    "and how large the seed-to-seed noise is at this scale.",
     "Data: 700 PBMCs x 765 highly variable genes (pbmc68k_reduced), at most 63 gene tokens per cell; the "
     "papers pretrain on ~11M (GREmLN) / ~10M (GRNFormer) cells with thousands of genes per cell.",
     "Model and budget: d_model 32, 2 heads, a few dozen optimiser steps on a shared 2-core CPU; the papers "
