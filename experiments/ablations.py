@@ -41,7 +41,8 @@ METRICS = ("val_loss", "val_acc", "annot_f1", "pca_f1")
 ADAPTER = ["model.adapter.fusion_heads=2", "model.adapter.fanout=5", "model.adapter.gnn_layers=1"]
 ADAPTER_NOTE = ("The variants' val_loss differ only in the 4th-5th decimal (see the rows in the .json): after a "
                 "few dozen steps the adapter's fused output barely moves the masked-bin loss, so this run shows "
-                "the switch is wired through training, not which choice is better.")
+                "the switch is wired through training, not which choice is better. The adapter replaces the last of the "
+                "2 layers, so these runs track the 1-layer GDKA model of depth.md (val_loss 2.283 there too).")
 COMMON_NOTES = [
     "At this budget every model's annotation macro-F1 (annot_f1) is far below the PCA-50 baseline of the same "
     "evaluation (pca_f1): the models are under-trained (validation masked-bin accuracy ~0.27 over 32 bins), so "
@@ -88,7 +89,7 @@ ABLATIONS = {
                   "drawn uniformly among the genes (seed 0).",
                   "annot_f1 is missing for cell-specific and hybrid: inference (`embed`) cannot yet rebuild "
                   "per-cell AUCell graphs for new cells and refuses such checkpoints, so only the validation "
-                  "metrics (computed with the cells' own graphs) compare all five."],
+                  "metrics (computed with the cells' own graphs) compare all five.", ADAPTER_NOTE],
     },
     "gnn_type": {
         "title": "GNN of the GRNFormer structure adapter: GraphSAGE / GCN / GIN",
