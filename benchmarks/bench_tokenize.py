@@ -182,8 +182,11 @@ def main(argv=None) -> int:
     rows[-1]["simulate_s"] = t_sim
     print(json.dumps(rows[-1], indent=1, default=float))
 
-    result = {"benchmark": "tokenize", "machine": machine(), "args": vars(args), "rows": rows,
-              "note": "machine shared with other jobs during this run: timings are noisy"}
+    mach = machine()
+    busy = mach["load_average_1min"] > 0.5 * (mach["cores"] or 1)
+    note = (f"1-min load average {mach['load_average_1min']} on {mach['cores']} cores at the end of the run"
+            + (": the machine was busy, timings are noisy" if busy else ""))
+    result = {"benchmark": "tokenize", "machine": mach, "args": vars(args), "rows": rows, "note": note}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
@@ -194,8 +197,8 @@ def main(argv=None) -> int:
         f"Machine: {m['cpu']}, {m['cores']} cores, numpy {m['numpy']}, jax {m['jax']} ({m['backend']}); "
         f"command: `python benchmarks/bench_tokenize.py{' --quick' if args.quick else ''}`.",
         "Medians of repeats; the baseline (per-cell np.quantile loop) runs on the first "
-        f"{args.baseline_cells} cells. No JIT, so no compile time. {result['note']}; the CPU-time speedup "
-        "(process_time of each side) is the steadier figure there.",
+        f"{args.baseline_cells} cells. No JIT, so no compile time. {result['note']}. The CPU-time speedup "
+        "(process_time of each side) is the steadier figure on a busy machine.",
         "",
         "| dataset | cells | nnz/cell | ours cells/s | baseline cells/s | speedup (wall) | speedup (CPU time) | "
         "ours+GRN cells/s | prepare (with shards) cells/s | loader cells/s | bins equal |",
