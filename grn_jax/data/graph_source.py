@@ -52,6 +52,22 @@ class CellEdges:
         return CellEdges(np.zeros(num_cells + 1, np.int64), np.zeros(0, np.int32),
                          np.zeros(0, np.int32), np.zeros(0, np.float32))
 
+    @staticmethod
+    def from_parts(num_cells: int, rows, src, dst, weight) -> "CellEdges":
+        """Assemble from lists of per-part arrays (row = chunk cell of each edge), grouped by cell.
+
+        The sort is stable, so each cell keeps its edges in the order the parts gave them.
+        """
+        if not rows:
+            return CellEdges.empty(num_cells)
+        rows = np.concatenate(rows)
+        order = np.argsort(rows, kind="stable")
+        ptr = np.zeros(num_cells + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=num_cells), out=ptr[1:])
+        return CellEdges(ptr, np.concatenate(src)[order].astype(np.int32),
+                         np.concatenate(dst)[order].astype(np.int32),
+                         np.concatenate(weight)[order].astype(np.float32))
+
 
 @runtime_checkable
 class GraphSource(Protocol):
@@ -220,14 +236,7 @@ class CellTypeNetworkSource:
             src_all.append(net.src[e])
             dst_all.append(net.dst[e])
             w_all.append(net.weight[e])
-        if not rows_all:
-            return CellEdges.empty(genes_CxG.shape[0])
-        rows = np.concatenate(rows_all)
-        order = np.argsort(rows, kind="stable")
-        ptr = np.zeros(genes_CxG.shape[0] + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=genes_CxG.shape[0]), out=ptr[1:])
-        return CellEdges(ptr, np.concatenate(src_all)[order], np.concatenate(dst_all)[order],
-                         np.concatenate(w_all)[order])
+        return CellEdges.from_parts(genes_CxG.shape[0], rows_all, src_all, dst_all, w_all)
 
     def cell_neighbours(self, cell_idx: np.ndarray, genes_CxG: sp.csr_matrix) -> sp.csr_matrix:
         genes_CxG = sp.csr_matrix(genes_CxG, dtype=bool)

@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from grn_jax._json import jsonable
 from grn_jax.data.tokenize import TokenizedCells
 from grn_jax.data.vocab import GeneVocab
 from grn_jax.types import BinSpec
@@ -31,15 +32,6 @@ MANIFEST = "manifest.json"
 _TOKEN_ARRAYS = ("cell_index", "token_ptr", "gene_ids", "bins", "values", "edge_ptr", "edge_src", "edge_dst",
                  "edge_weight")
 _CELL_GRAPH_ARRAYS = ("cell_edge_ptr", "cell_edge_src", "cell_edge_dst", "cell_edge_weight")
-
-
-def _jsonable(o):
-    """Manifest fallback for numpy scalars/arrays and other objects in third-party source reports."""
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _concat_ragged(parts: list[TokenizedCells], with_cell_graph: bool) -> dict[str, np.ndarray]:
@@ -144,7 +136,7 @@ class ShardWriter:
                         shards=[{"name": f"shard_{i:05d}", "cells": c, "tokens": t}
                                 for i, (c, t) in enumerate(zip(self.shard_cells, self.shard_tokens))])
         manifest["content_hash"] = content_hash(self.out, manifest)
-        (self.out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=_jsonable))
+        (self.out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=jsonable))
         return manifest
 
 

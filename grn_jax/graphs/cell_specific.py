@@ -298,15 +298,7 @@ class CellSpecificNetworkSource:
             src_all.append(net.src[e[keep]])
             dst_all.append(net.dst[e[keep]])
             w_all.append(net.weight[e[keep]])
-        if not rows_all:
-            return CellEdges.empty(genes_CxG.shape[0])
-        rows = np.concatenate(rows_all)
-        order = np.argsort(rows, kind="stable")
-        ptr = np.zeros(genes_CxG.shape[0] + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=genes_CxG.shape[0]), out=ptr[1:])
-        return CellEdges(ptr, np.concatenate(src_all)[order].astype(np.int32),
-                         np.concatenate(dst_all)[order].astype(np.int32),
-                         np.concatenate(w_all)[order].astype(np.float32))
+        return CellEdges.from_parts(genes_CxG.shape[0], rows_all, src_all, dst_all, w_all)
 
     def cell_neighbours(self, cell_idx: np.ndarray, genes_CxG: sp.csr_matrix) -> sp.csr_matrix:
         cell_idx = self._check(cell_idx)

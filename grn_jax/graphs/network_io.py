@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from grn_jax._json import jsonable
 from grn_jax.types import GeneNetwork
 
 COLUMNS = ("regulator", "target", "mi", "pvalue")
@@ -24,14 +25,6 @@ PARAMS_KEY = "grn_jax.params"
 _TSV_PREFIX = f"# {PARAMS_KEY}: "
 
 PathLike = Union[str, os.PathLike]
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _format(path: PathLike) -> str:
@@ -54,7 +47,7 @@ def write_network(net: GeneNetwork, path: PathLike) -> None:
     """Write `net` to .tsv or .parquet (by suffix), with its params."""
     fmt = _format(path)
     df = network_frame(net)
-    params = json.dumps(net.params, default=_jsonable, sort_keys=True)
+    params = json.dumps(net.params, default=jsonable, sort_keys=True)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if fmt == "tsv":
         with open(path, "w", newline="") as f:

@@ -71,3 +71,13 @@ def ell_to_dense(ell):
     for i in range(b):
         np.add.at(out[i], (np.repeat(np.arange(s), r), idx[i].ravel()), val[i].ravel())
     return out
+
+
+def has_gpu() -> bool:
+    """Whether JAX sees a GPU (the Pallas-Triton classes are skipped without one)."""
+    import jax
+
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False

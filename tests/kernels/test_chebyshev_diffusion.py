@@ -12,7 +12,7 @@ from grn_jax.kernels import (ChebyshevBlocks, build_ell_laplacian, chebyshev_dif
                              chebyshev_diffusion_reference, ell_degree_bound)
 from grn_jax.testing import assert_rel_close
 
-from .graph_cases import dense_laplacian_np, diffuse_expm_np, heat_coeffs, random_graph_batch
+from .graph_cases import dense_laplacian_np, diffuse_expm_np, has_gpu, heat_coeffs, random_graph_batch
 
 
 def _case(seed, b, s, c, e, n_real, dtype=jnp.float32, width=None, multiple=8):
@@ -145,15 +145,8 @@ def test_kernel_sweep_slow(s, c, k_terms, bc, br, bd, dtype):
     assert_rel_close(dq, dq_ref, dtype, what="vjp")
 
 
-def _has_gpu():
-    try:
-        return bool(jax.devices("gpu"))
-    except RuntimeError:
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_gpu(), reason="needs a GPU (Pallas-Triton lowering)")
+@pytest.mark.skipif(not has_gpu(), reason="needs a GPU (Pallas-Triton lowering)")
 class TestGpu:
     @pytest.fixture(autouse=True)
     def _float32_matmuls(self):

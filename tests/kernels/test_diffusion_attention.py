@@ -12,7 +12,7 @@ from grn_jax.kernels import (ChebyshevBlocks, DiffusionAttentionBlocks, FlashBlo
                              masked_attention_reference, masked_flash_attention)
 from grn_jax.testing import assert_rel_close
 
-from .graph_cases import dense_laplacian_np, diffuse_expm_np, heat_coeffs, random_graph_batch
+from .graph_cases import dense_laplacian_np, diffuse_expm_np, has_gpu, heat_coeffs, random_graph_batch
 
 
 def _qkv(seed, b, s, h, d, dtype):
@@ -144,15 +144,8 @@ def test_flash_sweep_slow(s, h, d, bq, bk, dtype):
         assert_rel_close(a, b, dtype, what=f"d{name}")
 
 
-def _has_gpu():
-    try:
-        return bool(jax.devices("gpu"))
-    except RuntimeError:
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_gpu(), reason="needs a GPU (Pallas-Triton lowering)")
+@pytest.mark.skipif(not has_gpu(), reason="needs a GPU (Pallas-Triton lowering)")
 class TestGpu:
     @pytest.fixture(autouse=True)
     def _float32_matmuls(self):
