@@ -18,9 +18,15 @@ gather slots (`sparse_layout.py`), so each product is one fused gather/multiply-
 instead of XLA's materialise-then-scatter `segment_sum`; graphs that exceed the slot
 budget fall back to the exact COO `segment_sum` path inside the same program.
 
-Loop order: on CPU each cell is diffused to completion before the next (`lax.map`), so the
-cell's [S, D] working set (4 MB at S=2048, D=512) stays in cache through all K steps; on
-accelerators the whole batch advances together (`vmap`). See benchmarks/results/diffusion.md.
+Loop order (XLA path): on CPU each cell is diffused to completion before the next
+(`lax.map`); on accelerators the whole batch advances together (`vmap`).
+
+Implementations (`impl`): "xla" is the pure-JAX recurrence above (every backend, any
+sharding). "native" is the fused C++ kernel `grn_jax.kernels.cpu_diffusion` (an XLA FFI
+custom call, built on first use): same expansion and masks, but one pass over Q with the
+recurrence run tile by tile in L2 cache -- about 5x faster than "xla" on CPU
+(benchmarks/results/diffusion.md). "auto" takes "native" on a single-device CPU process
+when the kernel builds, else "xla" (the custom call is not partitioned across devices).
 """
 
 from __future__ import annotations
@@ -37,6 +43,30 @@ from grn_jax.graphs.chebyshev import ChebyshevPlan
 from grn_jax.graphs.sparse_layout import EllLayout, PackedShifted, apply_packed, pack_shifted
 
 CELL_LOOPS = ("auto", "map", "vmap")
+IMPLS = ("auto", "xla", "native")
+
+
+def resolve_impl(impl: str = "auto") -> str:
+    """"xla" or "native" for `diffuse(..., impl=impl)` in this process (see the module docstring).
+
+    Raises ValueError for an unknown name, or for "native" where the kernel cannot run
+    (not a CPU backend, or it failed to build: the message says why).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "xla":
+        return impl
+    from grn_jax.kernels import native_build  # noqa: PLC0415
+
+    if jax.default_backend() != "cpu":
+        reason = f"the native kernel runs on CPU only (backend is {jax.default_backend()!r})"
+    else:
+        reason = native_build.unavailable_reason()
+    if impl == "native":
+        if reason is not None:
+            raise ValueError(f"impl='native' cannot run here: {reason}; use impl='xla'")
+        return impl
+    return "native" if reason is None and jax.device_count() == 1 else "xla"
 
 
 def _coeff_array(plan_or_coeffs) -> jax.Array:
@@ -57,7 +87,7 @@ def compute_dtype(dtype) -> jnp.dtype:
 def diffuse(laplacian: sparse.BCOO, q_BxSxD: jax.Array,
             plan_or_coeffs: Union[ChebyshevPlan, jax.Array, np.ndarray], *,
             node_mask_BxS: jax.Array, passthrough_mask_BxS: Optional[jax.Array] = None,
-            cell_loop: str = "auto", layout: Optional[EllLayout] = EllLayout()) -> jax.Array:
+            cell_loop: str = "auto", layout: Optional[EllLayout] = EllLayout(), impl: str = "auto") -> jax.Array:
     """Diffuse Q over each cell's graph: `f(L) Q` by a Chebyshev expansion.
 
     Args:
@@ -69,11 +99,12 @@ def diffuse(laplacian: sparse.BCOO, q_BxSxD: jax.Array,
         c_0..c_K (c_0 NOT halved; this function halves it) as a 1-D array.
       node_mask_BxS: bool, real token positions (CLS + genes).
       passthrough_mask_BxS: bool, positions returned unchanged (CLS); None = no such position.
-      cell_loop: "map" (cells one after another, cache-friendly on CPU), "vmap" (whole batch
-        per step, for accelerators) or "auto" (map on CPU, vmap elsewhere). Same values.
+      cell_loop: XLA path only: "map" (cells one after another, cache-friendly on CPU), "vmap"
+        (whole batch per step, for accelerators) or "auto" (map on CPU, vmap elsewhere).
       layout: slot budget of the gather-only packing of `L - I` (`EllLayout`, static); a
         batch that does not fit falls back to the COO path automatically. None = always the
-        COO segment-sum path (the reference formulation).
+        COO segment-sum path (the reference formulation). XLA path only.
+      impl: "auto", "xla" or "native" (`resolve_impl`; module docstring). Same values.
 
     Returns:
       [B, S, D] in Q's dtype. Differentiable w.r.t. Q and the Laplacian's values (hence
@@ -110,6 +141,12 @@ def diffuse(laplacian: sparse.BCOO, q_BxSxD: jax.Array,
     rows_BxN = laplacian.indices[..., 0]
     cols_BxN = laplacian.indices[..., 1]
     graph_BxS = node_mask_BxS.astype(bool) & ~passthrough_mask_BxS.astype(bool)
+    if resolve_impl(impl) == "native":
+        from grn_jax.kernels.cpu_diffusion import cpu_diffuse  # noqa: PLC0415
+
+        out_BxSxD = cpu_diffuse(data_BxN, rows_BxN, cols_BxN, q_BxSxD.astype(acc_dtype), graph_BxS,
+                                passthrough_mask_BxS.astype(bool), coeffs, _coo_reference_vjp_data)
+        return out_BxSxD.astype(q_BxSxD.dtype)
     q0_BxSxD = jnp.where(graph_BxS[..., None], q_BxSxD.astype(acc_dtype), 0)
 
     def over_cells(fn, args):
@@ -137,6 +174,21 @@ def diffuse(laplacian: sparse.BCOO, q_BxSxD: jax.Array,
         out_BxSxD = jax.lax.cond(jnp.any(packed.overflow), coo_path, ell_path, None)
     out_BxSxD = jnp.where(graph_BxS[..., None], out_BxSxD, 0).astype(q_BxSxD.dtype)
     return jnp.where(passthrough_mask_BxS[..., None], q_BxSxD, out_BxSxD)
+
+
+def _coo_reference(data_BxN, rows_BxN, cols_BxN, q_BxSxD, graph_BxS, passthrough_BxS, coeffs):
+    """The XLA COO formulation of `diffuse` on raw arrays (masks as in `diffuse`)."""
+    q0_BxSxD = jnp.where(graph_BxS[..., None], q_BxSxD, 0)
+    out_BxSxD = jax.lax.map(lambda a: chebyshev_apply(*a, coeffs), (data_BxN, rows_BxN, cols_BxN, q0_BxSxD))
+    out_BxSxD = jnp.where(graph_BxS[..., None], out_BxSxD, 0)
+    return jnp.where(passthrough_BxS[..., None], q_BxSxD, out_BxSxD)
+
+
+def _coo_reference_vjp_data(data_BxN, rows_BxN, cols_BxN, q_BxSxD, graph_BxS, passthrough_BxS, coeffs, g_BxSxD):
+    """Cotangent of the Laplacian values for the native kernel's `custom_vjp` (XLA path)."""
+    _, vjp = jax.vjp(lambda d: _coo_reference(d, rows_BxN, cols_BxN, q_BxSxD, graph_BxS, passthrough_BxS, coeffs),
+                     data_BxN)
+    return vjp(g_BxSxD)[0]
 
 
 @struct.dataclass

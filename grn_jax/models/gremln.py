@@ -66,17 +66,18 @@ def heat_plan(cfg: ModelConfig):
 def diffusion_context(batch: TokenBatch, impl: str = "xla") -> DiffusionContext:
     """Laplacian of `batch.graph` + node/passthrough masks: built once per forward, shared by all layers.
 
-    For the XLA path the Laplacian is also packed once (`pack_laplacian`), so no
-    layer repeats the packing sort.
+    When the diffusion runs on the XLA path the Laplacian is also packed once
+    (`pack_laplacian`), so no layer repeats the packing sort; the native CPU kernel
+    (`grn_jax.graphs.diffusion.resolve_impl`) reads the BCOO directly.
     """
-    from grn_jax.graphs.diffusion import pack_laplacian  # noqa: PLC0415
+    from grn_jax.graphs.diffusion import pack_laplacian, resolve_impl  # noqa: PLC0415
     from grn_jax.graphs.laplacian import normalized_laplacian  # noqa: PLC0415
 
     s = batch.gene_ids.shape[1]
     lap = normalized_laplacian(batch.graph, num_nodes=s)
     cls_BxS = jnp.broadcast_to((jnp.arange(s) == 0)[None, :], batch.token_mask.shape) & batch.token_mask
     return DiffusionContext(laplacian=lap, node_mask_BxS=batch.token_mask.astype(bool),
-                            passthrough_mask_BxS=cls_BxS, packed=pack_laplacian(lap) if impl == "xla" else None)
+                            passthrough_mask_BxS=cls_BxS, packed=pack_laplacian(lap) if impl == "xla" and resolve_impl() == "xla" else None)
 
 
 class GREmLN(nn.Module):
