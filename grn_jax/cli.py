@@ -507,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from grn_jax.runtime import tune_host_allocator  # noqa: PLC0415
+
+    tune_host_allocator()  # freed XLA buffers are reused, not page-faulted in on every step
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -5,7 +5,8 @@ from grn_jax.graphs.chebyshev import (  # noqa: E402
     ChebyshevPlan, chebyshev_coefficients, chebyshev_plan, fixed_order_heat_kernel_plan,
     heat_kernel_coefficients_closed_form, heat_kernel_plan, truncation_order)
 from grn_jax.graphs.diffusion import (  # noqa: E402
-    PackedLaplacian, chebyshev_apply, chebyshev_recurrence, diffuse, pack_laplacian, shifted_matmul)
+    IMPLS, PackedLaplacian, chebyshev_apply, chebyshev_recurrence, diffuse, pack_laplacian, resolve_impl,
+    shifted_matmul)
 from grn_jax.graphs.exact import apply_dense_filter, diffuse_exact, filter_matrix  # noqa: E402
 from grn_jax.graphs.laplacian import dense_laplacian, graph_report, normalized_laplacian  # noqa: E402
 from grn_jax.graphs.sparse_layout import EllLayout, PackedShifted, apply_packed, pack_shifted  # noqa: E402

@@ -16,6 +16,7 @@ from tests.graphs.test_laplacian import laplacian_oracle, random_graph_batch
 B, S, E, D = 3, 16, 24, 5
 N_REAL = [16, 11, 7]  # CLS + genes per cell; the rest is padding
 BETAS = [0.01, 0.1, 1.0, 10.0]
+IMPLS = ["xla", "native"]  # the pure-JAX recurrence and the fused C++ CPU kernel, same oracle
 
 
 def _masks(n_real, seq_len):
@@ -58,10 +59,11 @@ def padded(plan):
     return c
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "cell_loop"))
-def _run(s, r, w, m, q, coeffs, node, cls, layout=EllLayout(), cell_loop="auto"):
+@functools.partial(jax.jit, static_argnames=("layout", "cell_loop", "impl"))
+def _run(s, r, w, m, q, coeffs, node, cls, layout=EllLayout(), cell_loop="auto", impl="xla"):
     lap = normalized_laplacian(s, r, w, m, q.shape[1])
-    return diffuse(lap, q, coeffs, node_mask_BxS=node, passthrough_mask_BxS=cls, layout=layout, cell_loop=cell_loop)
+    return diffuse(lap, q, coeffs, node_mask_BxS=node, passthrough_mask_BxS=cls, layout=layout, cell_loop=cell_loop,
+                   impl=impl)
 
 
 def _diffuse(s, r, w, m, q, node, cls, plan, **kw):
@@ -71,9 +73,10 @@ def _diffuse(s, r, w, m, q, node, cls, plan, **kw):
 
 
 @pytest.mark.parametrize("beta", BETAS)
-def test_float32_matches_expm(problem, beta):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_float32_matches_expm(problem, beta, impl):
     s, r, w, m, q, node, cls = problem
-    got = np.asarray(_diffuse(s, r, w, m, q, node, cls, heat_kernel_plan(beta)))
+    got = np.asarray(_diffuse(s, r, w, m, q, node, cls, heat_kernel_plan(beta), impl=impl))
     want = expm_oracle(s, r, w, m, np.where(node[..., None], q, 0), beta, N_REAL)
     assert got.dtype == np.float32
     assert np.all(got[~node] == 0), "padding positions must be zero"
@@ -82,11 +85,12 @@ def test_float32_matches_expm(problem, beta):
 
 
 @pytest.mark.parametrize("beta", BETAS)
-def test_float64_matches_expm(problem, beta):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_float64_matches_expm(problem, beta, impl):
     s, r, w, m, q, node, cls = problem
     with jax.enable_x64(True):
         plan = heat_kernel_plan(beta, 1e-13)
-        got = np.asarray(_diffuse(s, r, w.astype(np.float64), m, q.astype(np.float64), node, cls, plan))
+        got = np.asarray(_diffuse(s, r, w.astype(np.float64), m, q.astype(np.float64), node, cls, plan, impl=impl))
     assert got.dtype == np.float64
     want = expm_oracle(s, r, w.astype(np.float64), m, np.where(node[..., None], q, 0).astype(np.float64), beta,
                        N_REAL)
@@ -99,14 +103,15 @@ def test_float64_matches_expm(problem, beta):
     assert_rel_close(exact, want, np.float64, what=f"eigh reference beta={beta}")
 
 
-def test_unhalved_c0_would_be_caught(problem):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unhalved_c0_would_be_caught(problem, impl):
     """Public GREmLN defect: c_0 not halved = exp(-beta L) + c_0/2 I. The accuracy test above
     rejects it by a factor of ~1e6."""
     s, r, w, m, q, node, cls = problem
     plan = heat_kernel_plan(0.1)
     unhalved = padded(plan)
     unhalved[0] *= 2.0  # diffuse halves c_0 itself; doubling reproduces the defect
-    bad = np.asarray(_diffuse(s, r, w, m, q, node, cls, unhalved))
+    bad = np.asarray(_diffuse(s, r, w, m, q, node, cls, unhalved, impl=impl))
     want = expm_oracle(s, r, w, m, np.where(node[..., None], q, 0), 0.1, N_REAL)
     assert relative_error(bad, want) > 0.5
     assert relative_error(bad, want) > 1e5 * tolerance(np.float32).rel
@@ -135,10 +140,11 @@ def test_one_way_star_is_bounded():
     assert_rel_close(got, expm_oracle(s, r, w, m, q, 1.0, [8]), np.float32)
 
 
-def test_batch_and_padding_invariance(problem):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batch_and_padding_invariance(problem, impl):
     s, r, w, m, q, node, cls = problem
     plan = heat_kernel_plan(1.0)
-    ref = np.asarray(_diffuse(s, r, w, m, q, node, cls, plan))
+    ref = np.asarray(_diffuse(s, r, w, m, q, node, cls, plan, impl=impl))
     # other batch-mates: cell 0 kept, cells 1, 2 replaced by fresh graphs and queries
     rng = np.random.default_rng(7)
     s2, r2, w2, m2 = random_graph_batch(rng, B, S, E)
@@ -147,7 +153,7 @@ def test_batch_and_padding_invariance(problem):
         a[0] = b[0]
     node2, cls2 = _masks([16, 16, 16], S)
     node2[0] = node[0]
-    other = np.asarray(_diffuse(s2, r2, w2, m2, q2, node2, cls2, plan))
+    other = np.asarray(_diffuse(s2, r2, w2, m2, q2, node2, cls2, plan, impl=impl))
     np.testing.assert_array_equal(other[0], ref[0])
     # more padding (S 16 -> 40) and more edge slots (E 24 -> 64) for cell 1 (11 real tokens)
     pad_s, pad_e = 40, 64
@@ -159,19 +165,20 @@ def test_batch_and_padding_invariance(problem):
     qp = np.full((1, pad_s, D), 1e30, np.float32)
     qp[0, :S] = np.where(node[1][:, None], q[1], 1e30)
     nodep, clsp = _masks([N_REAL[1]], pad_s)
-    more = np.asarray(_diffuse(sp, rp, wp, mp, qp, nodep, clsp, plan))
+    more = np.asarray(_diffuse(sp, rp, wp, mp, qp, nodep, clsp, plan, impl=impl))
     np.testing.assert_allclose(more[0, :S], ref[1], rtol=1e-6, atol=1e-7)
     assert np.all(more[0, N_REAL[1]:] == 0)
 
 
-def test_permutation_equivariance(problem):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_permutation_equivariance(problem, impl):
     s, r, w, m, q, node, cls = problem
     plan = heat_kernel_plan(1.0)
-    ref = np.asarray(_diffuse(s, r, w, m, q, node, cls, plan))
+    ref = np.asarray(_diffuse(s, r, w, m, q, node, cls, plan, impl=impl))
     perm = np.concatenate([[0], 1 + np.random.default_rng(5).permutation(S - 1)])  # CLS stays at 0
     inv = np.argsort(perm)  # new position of old position p is inv[p]
     got = np.asarray(_diffuse(inv[s].astype(np.int32), inv[r].astype(np.int32), w, m, q[:, perm], node[:, perm],
-                              cls[:, perm], plan))
+                              cls[:, perm], plan, impl=impl))
     np.testing.assert_allclose(got, ref[:, perm], rtol=1e-5, atol=1e-6)
 
 
@@ -190,7 +197,8 @@ def test_vmap_loop_and_bf16(problem):
     assert_rel_close(np.asarray(got, np.float32), want, jnp.bfloat16, what="vmap bf16 vs map f32")
 
 
-def test_grad_wrt_q_is_exp_minus_2_beta_l(problem):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_grad_wrt_q_is_exp_minus_2_beta_l(problem, impl):
     """d/dQ 1/2 ||exp(-beta L) Q||^2 = exp(-2 beta L) Q on graph nodes (L symmetric)."""
     s, r, w, m, q, node, cls = problem
     beta = 0.5
@@ -199,7 +207,7 @@ def test_grad_wrt_q_is_exp_minus_2_beta_l(problem):
     coeffs = padded(heat_kernel_plan(beta)).astype(np.float32)
 
     def loss(qq):
-        out = _run(s, r, w, m, qq, coeffs, node, cls)
+        out = _run(s, r, w, m, qq, coeffs, node, cls, impl=impl)
         return 0.5 * jnp.sum(jnp.where(graph[..., None], out, 0) ** 2)
 
     got = jax.jit(jax.grad(loss))(jnp.asarray(q0))
@@ -208,7 +216,8 @@ def test_grad_wrt_q_is_exp_minus_2_beta_l(problem):
     assert_rel_close(got, want, np.float32, what="grad wrt Q")
 
 
-def test_grad_wrt_edge_weights_matches_expm_finite_differences(problem):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_grad_wrt_edge_weights_matches_expm_finite_differences(problem, impl):
     s, r, w, m, q, node, cls = problem
     beta = 1.0
     q0 = np.where(node[..., None], q, 0).astype(np.float64)
@@ -217,7 +226,7 @@ def test_grad_wrt_edge_weights_matches_expm_finite_differences(problem):
         coeffs = padded(heat_kernel_plan(beta, 1e-13))
 
         def loss(ww):
-            return jnp.sum(_run(s, r, ww, m, jnp.asarray(q0), coeffs, node, cls) * g)
+            return jnp.sum(_run(s, r, ww, m, jnp.asarray(q0), coeffs, node, cls, impl=impl) * g)
 
         grad = np.asarray(jax.grad(loss)(jnp.asarray(w, jnp.float64)))
 
