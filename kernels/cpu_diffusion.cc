@@ -182,24 +182,26 @@ void run_tile(const CellCsr<T>& m, int64_t s, int64_t d, int64_t col0, int64_t w
   T* q = scratch->data();
   T* b1 = q + s * tw;
   T* b2 = b1 + s * tw;
+  // Load the tile (zero outside the graph) and start Clenshaw in the same pass:
+  // b1 = b_K = c_K q, b2 = b_{K+1} = 0 (order 0: b1 = c_0/2 q is the result).
+  const T half_c0 = T(0.5) * coeffs[0];
+  const T first = order == 0 ? half_c0 : coeffs[order];
   for (int64_t i = 0; i < s; ++i) {
     const T* src = q_cell + i * d + col0;
-    T* dst = q + i * tw;
+    T* qi = q + i * tw;
+    T* b1i = b1 + i * tw;
     if (graph[i]) {
-      std::memcpy(dst, src, tw * sizeof(T));
+      for (int64_t c = 0; c < tw; ++c) {
+        qi[c] = src[c];
+        b1i[c] = first * src[c];
+      }
     } else {
-      std::fill(dst, dst + tw, T(0));
+      std::fill(qi, qi + tw, T(0));
+      std::fill(b1i, b1i + tw, T(0));
     }
+    std::fill(b2 + i * tw, b2 + (i + 1) * tw, T(0));
   }
-  const T half_c0 = T(0.5) * coeffs[0];
-  if (order == 0) {
-    for (int64_t i = 0; i < s * tw; ++i) b1[i] = half_c0 * q[i];
-  } else {
-    // b1 = b_K = c_K q, b2 = b_{K+1} = 0
-    for (int64_t i = 0; i < s * tw; ++i) {
-      b1[i] = coeffs[order] * q[i];
-      b2[i] = T(0);
-    }
+  if (order > 0) {
     for (int64_t k = order - 1; k >= 1; --k) {
       clenshaw_step<T, TW>(m, s, tw, coeffs[k], T(2), q, b1, b2);  // b2 <- b_k
       std::swap(b1, b2);                                            // b1 = b_k, b2 = b_{k+1}
@@ -251,6 +253,7 @@ void parallel_items(ffi::ThreadPool& pool, int64_t n, F fn) {
       st->done.fetch_add(1, std::memory_order_release);
     }
   };
+  // The calling thread is one worker: schedule num_threads - 1 helpers so the workers match the cores.
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), n - 1);
   for (int64_t h = 0; h < helpers; ++h) {
     auto copy = work;  // Schedule takes ownership of a moved-from callable
