@@ -35,15 +35,11 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-struct Csr {
-  std::vector<int32_t> ptr;  // [S + 1]
-  std::vector<int32_t> col;  // [nnz]
-};
-
 template <typename T>
 struct CellCsr {
-  Csr idx;              // off-diagonal entries only
-  std::vector<T> val;
+  std::vector<int32_t> ptr;  // [S + 1] row starts of the off-diagonal entries
+  std::vector<int32_t> col;  // [nnz]
+  std::vector<T> val;        // [nnz]
   std::vector<T> dshift;  // [S]: L_ii - 1 (sum of the stored diagonal entries, minus one)
 };
 
@@ -52,24 +48,24 @@ struct CellCsr {
 template <typename T>
 void build_csr(const T* data, const int32_t* rows, const int32_t* cols, int64_t n, int64_t s,
                CellCsr<T>* out) {
-  out->idx.ptr.assign(s + 1, 0);
+  out->ptr.assign(s + 1, 0);
   out->dshift.assign(s, T(-1));
   for (int64_t e = 0; e < n; ++e) {
     if (rows[e] == cols[e]) {
       out->dshift[rows[e]] += data[e];
     } else if (data[e] != T(0)) {
-      out->idx.ptr[rows[e] + 1]++;
+      out->ptr[rows[e] + 1]++;
     }
   }
-  for (int64_t i = 0; i < s; ++i) out->idx.ptr[i + 1] += out->idx.ptr[i];
-  const int64_t nnz = out->idx.ptr[s];
-  out->idx.col.resize(nnz);
+  for (int64_t i = 0; i < s; ++i) out->ptr[i + 1] += out->ptr[i];
+  const int64_t nnz = out->ptr[s];
+  out->col.resize(nnz);
   out->val.resize(nnz);
-  std::vector<int32_t> fill(out->idx.ptr.begin(), out->idx.ptr.end() - 1);
+  std::vector<int32_t> fill(out->ptr.begin(), out->ptr.end() - 1);
   for (int64_t e = 0; e < n; ++e) {
     if (rows[e] == cols[e] || data[e] == T(0)) continue;
     const int32_t k = fill[rows[e]]++;
-    out->idx.col[k] = cols[e];
+    out->col[k] = cols[e];
     out->val[k] = data[e];
   }
 }
@@ -85,8 +81,8 @@ void clenshaw_step_vec(const CellCsr<T>& m, int64_t s, T ck, T two, const T* q, 
   constexpr int kLanes = 64 / sizeof(T);
   constexpr int kNv = TW / kLanes;
   static_assert(kNv >= 1 && kNv * kLanes == TW, "tile must be whole 64-byte vectors");
-  const int32_t* ptr = m.idx.ptr.data();
-  const int32_t* col = m.idx.col.data();
+  const int32_t* ptr = m.ptr.data();
+  const int32_t* col = m.col.data();
   const T* val = m.val.data();
   for (int64_t i = 0; i < s; ++i) {
     V acc[kNv];
@@ -123,8 +119,8 @@ template <typename T>
 void clenshaw_step_any(const CellCsr<T>& m, int64_t s, int64_t tw, T ck, T two, const T* q, const T* src,
                        T* dst) {
   std::vector<T> acc(tw);
-  const int32_t* ptr = m.idx.ptr.data();
-  const int32_t* col = m.idx.col.data();
+  const int32_t* ptr = m.ptr.data();
+  const int32_t* col = m.col.data();
   const T* val = m.val.data();
   for (int64_t i = 0; i < s; ++i) {
     const T dsh = m.dshift[i];

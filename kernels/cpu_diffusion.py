@@ -37,10 +37,6 @@ def tile_width(num_nodes: int, width: int, itemsize: int, cache_bytes: int = 1 <
     return min(width, 64)
 
 
-def available() -> bool:
-    return native_build.load() is not None
-
-
 def _call(data, rows, cols, q, graph, passthrough, coeffs):
     if native_build.load() is None:
         raise RuntimeError(f"native CPU diffusion unavailable: {native_build.unavailable_reason()}")
