@@ -5,8 +5,8 @@ from grn_jax.graphs.chebyshev import (  # noqa: E402
     ChebyshevPlan, chebyshev_coefficients, chebyshev_plan, fixed_order_heat_kernel_plan,
     heat_kernel_coefficients_closed_form, heat_kernel_plan, truncation_order)
 from grn_jax.graphs.diffusion import (  # noqa: E402
-    IMPLS, PackedLaplacian, chebyshev_apply, chebyshev_recurrence, diffuse, pack_laplacian, resolve_impl,
-    shifted_matmul)
+    IMPLS, PackedLaplacian, chebyshev_apply, chebyshev_recurrence, diffuse, pack_laplacian, portable_impl,
+    resolve_impl, shifted_matmul)
 from grn_jax.graphs.exact import apply_dense_filter, diffuse_exact, filter_matrix  # noqa: E402
 from grn_jax.graphs.laplacian import dense_laplacian, graph_report, normalized_laplacian  # noqa: E402
 from grn_jax.graphs.sparse_layout import EllLayout, PackedShifted, apply_packed, pack_shifted  # noqa: E402
@@ -20,7 +20,9 @@ from grn_jax.graphs.aracne import (  # noqa: E402
     AracneConfig, Consensus, EmptyNetworkError, MINull, consensus, consensus_from_counts, dpi_prune, fit_null,
     infer_network, permutation_null)
 from grn_jax.graphs.celltype_networks import (  # noqa: E402
-    CellTypeNetworks, cluster_cells, consensus_networks, infer_cell_type_networks)
+    METHODS, CellTypeNetworks, cluster_cells, consensus_networks, infer_cell_type_networks, parse_regulators,
+    variable_genes)
+from grn_jax.graphs.rank_network import infer_rank_network, spearman_matrix, spearman_pvalue  # noqa: E402
 from grn_jax.graphs.network_dir import (  # noqa: E402
     assign_networks_to_dir, infer_networks_to_dir, read_cell_type_networks, write_cell_type_networks)
 from grn_jax.graphs.network_io import (  # noqa: E402

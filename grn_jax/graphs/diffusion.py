@@ -27,11 +27,15 @@ custom call, built on first use): same expansion and masks, but one pass over Q 
 recurrence run tile by tile in L2 cache -- about 5x faster than "xla" on CPU
 (benchmarks/results/diffusion.md). "auto" takes "native" on a single-device CPU process
 when the kernel builds, else "xla" (the custom call is not partitioned across devices).
+Inside `portable_impl()` "auto" always takes "xla": code traced there (a `jax.export`
+artefact) must run on machines that do not have this process's compiled kernel.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import contextlib
+import contextvars
+from typing import Iterator, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +48,23 @@ from grn_jax.graphs.sparse_layout import EllLayout, PackedShifted, apply_packed,
 
 CELL_LOOPS = ("auto", "map", "vmap")
 IMPLS = ("auto", "xla", "native")
+_PORTABLE = contextvars.ContextVar("grn_jax_portable_diffusion", default=False)
+
+
+@contextlib.contextmanager
+def portable_impl() -> Iterator[None]:
+    """While active, `resolve_impl("auto")` is "xla" and "native" is refused.
+
+    Wrap tracing whose result leaves the process (`jax.export`): a serialized
+    artefact cannot carry the native kernel's custom call. Functions traced here
+    must be fresh (not already traced by a `jax.jit` outside the block), since
+    jit's trace cache does not see this setting.
+    """
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
 
 
 def resolve_impl(impl: str = "auto") -> str:
@@ -56,6 +77,11 @@ def resolve_impl(impl: str = "auto") -> str:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "xla":
         return impl
+    if _PORTABLE.get():
+        if impl == "native":
+            raise ValueError("impl='native' cannot be exported (a serialized artefact cannot carry the native "
+                             "CPU kernel's custom call); use impl='auto' or 'xla'")
+        return "xla"
     from grn_jax.kernels import native_build  # noqa: PLC0415
 
     if jax.default_backend() != "cpu":

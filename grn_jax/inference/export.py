@@ -8,8 +8,11 @@ tokenisation record as JSON, one serialized `jax.export` artefact of the
 inference function per sequence bucket (symbolic batch and edge dimensions, so
 any batch size and edge budget runs without re-tracing the model), a
 `model_card.md`, a copy of the standalone loader as `serve.py`, and
-`export.json` with the SHA-256 of every file. The manifest is written last: a
-folder without it is an interrupted export and is refused by the loader.
+`export.json` with the SHA-256 of every file. The folder is assembled under a
+temporary name beside `--out` and renamed into place when complete, so a failed
+export leaves nothing behind; the loader still refuses a folder without a manifest.
+The artefacts are traced with the portable XLA diffusion path
+(`grn_jax.graphs.diffusion.portable_impl`), whatever this process would run.
 
 `load_exported_pretrained` turns an export back into a `Pretrained`, so
 `embed`/`finetune` accept an export folder wherever they accept a run.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -111,22 +115,84 @@ def _model_card(pre: Pretrained, n_params: int, platforms: Sequence[str]) -> str
 def export_model(checkpoint: Union[str, Path, Pretrained], out_dir: Union[str, Path], *, step: Optional[int] = None,
                  platforms: Sequence[str] = ("cpu",), overwrite: bool = False,
                  log: Callable[[str], None] = print) -> dict:
-    """Write the export folder for `checkpoint` (a run directory or a loaded `Pretrained`); return its manifest."""
+    """Write the export folder for `checkpoint` (a run directory or a loaded `Pretrained`); return its manifest.
+
+    `overwrite` replaces an existing export only: a folder holding anything the
+    export's manifest does not list is refused, never deleted.
+    """
+    pre = checkpoint if isinstance(checkpoint, Pretrained) else load_pretrained(checkpoint, step=step)
+    out = Path(out_dir).absolute()
+    replace = _check_destination(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Everything is written into a temporary sibling and renamed into place at the end:
+    # a failure (or a kill) leaves no half-written export at `out`.
+    tmp = _sibling(out, "tmp")
+    tmp.mkdir()
+    try:
+        manifest = _write_export(pre, tmp, platforms)
+        _move_into_place(tmp, out, replace)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log(f"exported step {pre.step} of {pre.run_dir} to {out}: {manifest['n_params']:,} parameters, "
+        f"{len(manifest['artefacts'])} serving artefact(s) for sequence buckets {list(manifest['artefacts'])}")
+    return manifest
+
+
+def _check_destination(out: Path, overwrite: bool) -> bool:
+    """Whether `out` holds an export to replace; ValueError if it holds anything else."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+    entries = sorted(p for p in out.rglob("*") if p.is_file() or p.is_symlink())
+    if not entries and not any(out.iterdir()):
+        return True  # an empty folder: replaced by the export
+    if not overwrite:
+        raise ValueError(f"export folder {out} exists and is not empty; choose another --out or pass --overwrite")
+    mpath = out / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+        listed = set(manifest["files"]) | {MANIFEST}
+        if manifest.get("format") != FORMAT:
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"--overwrite refuses {out}: it is not a grn_jax export folder (no readable {MANIFEST} "
+                         f"listing its files); delete it yourself or choose another --out") from None
+    unknown = [str(p.relative_to(out)) for p in entries if str(p.relative_to(out)) not in listed]
+    if unknown:
+        raise ValueError(f"--overwrite refuses {out}: it holds {len(unknown)} file(s) that are not part of the "
+                         f"export ({', '.join(unknown[:3])}); move them away or choose another --out")
+    return True
+
+
+def _sibling(out: Path, kind: str) -> Path:
+    return out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
+
+
+def _move_into_place(tmp: Path, out: Path, replace: bool) -> None:
+    """Rename the finished export `tmp` to `out` (replacing the export or empty folder there)."""
+    if not replace:
+        os.rename(tmp, out)
+        return
+    old = _sibling(out, "old")
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old, out)  # put the previous export back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_export(pre: Pretrained, out: Path, platforms: Sequence[str]) -> dict:
+    """Write every file of the export into the (empty) folder `out`; return the manifest."""
     import orbax.checkpoint as ocp
     from jax import export
 
+    from grn_jax.graphs.diffusion import portable_impl
     from grn_jax.models import build_model, count_params
     from grn_jax.train.typed import to_dict
-
-    pre = checkpoint if isinstance(checkpoint, Pretrained) else load_pretrained(checkpoint, step=step)
-    out = Path(out_dir).absolute()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(f"export folder {out} exists and is not empty; choose another --out or pass --overwrite")
-        if not (out / MANIFEST).is_file() and not (out / "params").is_dir():
-            raise ValueError(f"{out} is not an export folder; refusing to overwrite it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
     params = jax.device_get(pre.params)
     with ocp.StandardCheckpointer() as ckpt:
@@ -140,12 +206,16 @@ def export_model(checkpoint: Union[str, Path, Pretrained], out_dir: Union[str, P
 
     with_cell_graph = bool(pre.tokenization.get("with_cell_graph"))
     names = input_names(with_cell_graph)
+    # A fresh jit object, traced only under portable_impl(): the artefact holds the XLA
+    # diffusion path, never this process's native CPU kernel (a custom call that
+    # cannot be serialized).
     fn = jax.jit(make_inference_fn(build_model(pre.model_config), with_cell_graph))
     pspec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
     (out / "serving").mkdir()
     artefacts = {}
     for s in pre.tokenization["seq_buckets"]:
-        exp = export.export(fn, platforms=tuple(platforms))(pspec, *_input_specs(names, int(s)))
+        with portable_impl():
+            exp = export.export(fn, platforms=tuple(platforms))(pspec, *_input_specs(names, int(s)))
         rel = f"serving/seq_{int(s)}.jax"
         (out / rel).write_bytes(exp.serialize())
         artefacts[str(int(s))] = rel
@@ -169,11 +239,7 @@ def export_model(checkpoint: Union[str, Path, Pretrained], out_dir: Union[str, P
         "versions": {"jax": jax.__version__},
         "files": hash_tree(out),
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, default=str))
-    os.replace(tmp, out / MANIFEST)
-    log(f"exported step {pre.step} of {pre.run_dir} to {out}: {n_params:,} parameters, "
-        f"{len(artefacts)} serving artefact(s) for sequence buckets {list(artefacts)}")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
     return manifest
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,78 @@ def test_round_trip_in_fresh_process_without_model_code(exported, toy_run, pretr
     for b in (5, 2):
         for i, key in enumerate(("cls", "mean", "hidden")):
             assert_allclose(served[f"{key}{b}"], np.asarray(live[i])[:b], np.float32, err_msg=f"{key}, batch {b}")
+
+
+ONE_DEVICE_EXPORT_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax
+    import numpy as np
+    from grn_jax.cli import main
+    from grn_jax.graphs import resolve_impl
+    run_dir, export_dir, inputs, out = sys.argv[1:5]
+    # what this process's diffusion would run outside an export (native where the kernel builds)
+    info = {"devices": jax.device_count(), "auto": resolve_impl("auto")}
+    info["rc"] = main(["export", "--checkpoint", run_dir, "--out", export_dir])  # default platforms
+    if info["rc"] == 0:
+        sys.path.insert(0, export_dir)
+        import serve
+        model = serve.load_export(export_dir)
+        data = np.load(inputs)
+        cls, mean, hidden = model(*[data[name] for name in model.input_names])
+        np.savez(out, cls=np.asarray(cls), mean=np.asarray(mean), hidden=np.asarray(hidden))
+    print(json.dumps(info))
+""")
+
+
+def test_export_and_serve_from_a_single_device_process(toy_run, pretrained, tmp_path):
+    """A user's process has one CPU device, where diffusion "auto" picks the native kernel: the
+    export must still lower the portable XLA path (a custom call cannot be serialized)."""
+    from jax import export
+
+    store = ShardStore(toy_run["shards"])
+    batch = collate([store.cell(i) for i in range(4)], store.bin_spec, store.seq_buckets, store.edge_buckets)
+    arrays = batch_arrays(batch.tokens, False)
+    np.savez(tmp_path / "inputs.npz", **dict(zip(input_names(False), arrays)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # no fake devices
+    env["JAX_PLATFORMS"] = "cpu"
+    out = tmp_path / "model"
+    proc = subprocess.run([sys.executable, "-c", ONE_DEVICE_EXPORT_SCRIPT, str(toy_run["run"]), str(out),
+                           str(tmp_path / "inputs.npz"), str(tmp_path / "served.npz")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["devices"] == 1 and info["rc"] == 0, proc.stderr[-3000:]
+    for art in (out / "serving").iterdir():
+        text = export.deserialize(bytearray(art.read_bytes())).mlir_module()
+        assert "grn_cpu_diffuse" not in text
+        assert set(re.findall(r"custom_call @(\w+)", text)) <= {"shape_assertion", "Sharding"}, art
+    served = np.load(tmp_path / "served.npz")
+    live = jitted_inference_fn(pretrained.model_config, False)(pretrained.params, *arrays)
+    for i, key in enumerate(("cls", "mean", "hidden")):
+        assert_allclose(served[key], np.asarray(live[i]), np.float32, err_msg=key)
+
+
+def test_failed_export_leaves_nothing(toy_run, tmp_path, monkeypatch):
+    import grn_jax.inference.export as export_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full (simulated)")
+
+    monkeypatch.setattr(export_mod, "_model_card", broken)
+    out = tmp_path / "model"
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_mod.export_model(toy_run["run"], out, log=lambda m: None)
+    assert sorted(tmp_path.iterdir()) == []  # neither the folder nor a temporary sibling
+    # a failure while replacing an export keeps the previous one intact
+    monkeypatch.undo()
+    export_mod.export_model(toy_run["run"], out, log=lambda m: None)
+    before = {p.name: p.read_bytes() for p in out.rglob("*.json")}
+    monkeypatch.setattr(export_mod, "_model_card", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_mod.export_model(toy_run["run"], out, overwrite=True, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert {p.name: p.read_bytes() for p in out.rglob("*.json")} == before
+    load_export(out)
 
 
 def test_export_contents_and_model_card(exported, pretrained):

@@ -86,6 +86,16 @@ def test_impl_selection():
         resolve_impl("cuda")
 
 
+def test_portable_impl_refuses_the_native_kernel():
+    from grn_jax.graphs import portable_impl
+
+    with portable_impl():
+        assert resolve_impl("auto") == "xla" and resolve_impl("xla") == "xla"
+        with pytest.raises(ValueError, match="impl='native' cannot be exported"):
+            resolve_impl("native")
+    assert resolve_impl("native") == "native"  # the setting ends with the block
+
+
 def test_out_of_range_index_is_an_error():
     from jax.experimental import sparse
 
