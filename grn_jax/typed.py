@@ -1,6 +1,6 @@
 """Build frozen config dataclasses from plain YAML mappings, with errors naming the dotted field.
 
-Used by `grn_jax.config` for every section (data, model, train, mesh). Types
+Used by `grn_jax.config` for every section (data, model, train, mesh) and `grn_jax.data.config`. Types
 come from the dataclass annotations: int, float, str, bool, Optional[X],
 X | Y, tuple[X, ...], dict and nested dataclasses. Unknown keys are errors
 (a typo must not be silently ignored).
