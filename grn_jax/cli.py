@@ -50,6 +50,8 @@ def _add_prepare(sub) -> None:
     p.add_argument("--network", default=None, help="one GRN (.tsv/.parquet, ARACNe columns) for every cell")
     p.add_argument("--networks-dir", default=None, help="per-cell-type GRNs folder written by `grn-jax grn infer`")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
+    p.add_argument("--allow-empty-graph", action="store_true",
+                   help="accept a network that gives no cell an edge (warns); by default that is an error")
     o = p.add_argument_group("overrides of the config")
     o.add_argument("--layer", dest="ingest.layer", default=None, help="layer holding counts")
     o.add_argument("--use-raw", dest="ingest.use_raw", action="store_const", const=True, help="counts in .raw")
@@ -73,7 +75,7 @@ def _add_prepare(sub) -> None:
         overrides = {k: v for k, v in vars(args).items() if "." in k}
         summary = prepare_files(args.input, args.out, config_path=args.config, overrides=overrides,
                                 vocab_path=args.vocab, network=args.network, networks_dir=args.networks_dir,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, allow_empty_graph=args.allow_empty_graph)
         print(format_summary(summary))
         return 0
 

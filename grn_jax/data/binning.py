@@ -96,6 +96,8 @@ def row_ranks(indptr: np.ndarray, data: np.ndarray, method: str = "auto", max_hi
     codes, k = _value_codes(data, n_rows)
     if method not in ("auto", "hist", "sort"):
         raise ValueError(f"method must be 'auto', 'hist' or 'sort', got {method!r}")
+    if k == 0:  # no stored entry at all (a block of empty cells): nothing to rank
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
     if method == "hist" or (method == "auto" and n_rows * k <= min(max_hist, 2**31 - 1)):
         flat = np.repeat(np.arange(0, n_rows * k, k, dtype=np.int32), counts)  # int32: n_rows * k < 2**31
         flat += codes.astype(np.int32, copy=False)

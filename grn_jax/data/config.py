@@ -152,20 +152,26 @@ class DataConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "DataConfig":
+        """Build and validate from a YAML-like mapping; a wrong type (e.g. `max_genes: 300.7`) names its field."""
+        from grn_jax.typed import build
+
+        if not isinstance(d, dict):
+            raise ValueError(f"data config: expected a mapping of sections (ingest, qc, tokenize, shards), got "
+                             f"{type(d).__name__} {d!r}")
         kinds = {"ingest": IngestConfig, "qc": QCConfig, "tokenize": TokenizeConfig, "shards": ShardConfig}
         unknown = set(d) - set(kinds)
         if unknown:
             raise ValueError(f"data config: unknown section(s) {sorted(unknown)}; known: {sorted(kinds)}")
         parts = {}
         for name, cls in kinds.items():
-            sect = dict(d.get(name) or {})
+            sect = d.get(name) or {}
+            if not isinstance(sect, dict):
+                raise ValueError(f"data config: section {name!r} must be a mapping of fields, got "
+                                 f"{type(sect).__name__} {sect!r}")
             fields = {f.name for f in dataclasses.fields(cls)}
             bad = set(sect) - fields
             if bad:
                 raise ValueError(f"data config: unknown field(s) {sorted(bad)} in section {name!r}; "
                                  f"known: {sorted(fields)}")
-            for key in ("seq_buckets", "edge_buckets"):
-                if sect.get(key) is not None:
-                    sect[key] = tuple(int(x) for x in sect[key])
-            parts[name] = cls(**sect)
+            parts[name] = build(cls, sect, f"data config: {name}")
         return DataConfig(**parts).validate()

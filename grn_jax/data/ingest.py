@@ -86,6 +86,38 @@ def _prepare_in_memory(matrix, where: str):
                      "or numpy array (convert dask/other arrays first)")
 
 
+_UNREADABLE = (OSError, KeyError, TypeError)  # what h5py/anndata raise on a 0-byte, truncated or foreign file
+
+
+def _unreadable(path, err: BaseException) -> ValueError:
+    msg = " ".join(str(err).split()) or type(err).__name__
+    return ValueError(f"cannot read {str(path)!r} as an .h5ad ({type(err).__name__}: {msg[:200]}); the file is "
+                      "empty, truncated or not AnnData: re-write it with anndata's write_h5ad (or re-download it)")
+
+
+def check_h5ad_path(path, what: str = "input file") -> Path:
+    """`path` as an existing `.h5ad` file, or a ValueError saying what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{what} {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder; give an .h5ad file")
+    if path.suffix != ".h5ad":
+        raise ValueError(f"{what} {str(path)!r} is not an .h5ad file; convert it with anndata first")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{what} {str(path)!r} is empty (0 bytes); re-write or re-download it")
+    return path
+
+
+def read_h5ad(path, *, backed: Optional[str] = None, what: str = "input file") -> anndata.AnnData:
+    """`anndata.read_h5ad`, with a missing, empty, truncated or non-AnnData file as one clear ValueError."""
+    path = check_h5ad_path(path, what)
+    try:
+        return anndata.read_h5ad(path, backed=backed)
+    except _UNREADABLE as e:
+        raise _unreadable(path, e) from e
+
+
 def open_counts(source: Union[str, os.PathLike, anndata.AnnData], cfg: IngestConfig = IngestConfig()) -> CountsSource:
     """Open the counts of `source` (an `.h5ad` path or an AnnData) as described by `cfg`."""
     cfg.validate()
@@ -109,15 +141,14 @@ def open_counts(source: Union[str, os.PathLike, anndata.AnnData], cfg: IngestCon
         return CountsSource(_prepare_in_memory(matrix, where), _gene_names(var, cfg.gene_column, where),
                             adata.obs, where, False)
 
-    path = Path(source)
-    if not path.exists():
-        raise ValueError(f"input file {str(path)!r} does not exist")
-    if path.suffix != ".h5ad":
-        raise ValueError(f"input {str(path)!r} is not an .h5ad file; convert it with anndata first")
+    path = check_h5ad_path(source)
     backed = cfg.backed if cfg.backed is not None else path.stat().st_size > cfg.backed_threshold_gb * 2**30
     if not backed:
-        return open_counts(anndata.read_h5ad(path), cfg)
-    f = h5py.File(path, "r")
+        return open_counts(read_h5ad(path), cfg)
+    try:
+        f = h5py.File(path, "r")
+    except _UNREADABLE as e:
+        raise _unreadable(path, e) from e
     try:
         obs = anndata.io.read_elem(f["obs"])
         if where not in f:
@@ -133,6 +164,9 @@ def open_counts(source: Union[str, os.PathLike, anndata.AnnData], cfg: IngestCon
                 raise ValueError(f"{where} in {str(path)!r} is stored as {enc or 'unknown'}; backed reading needs "
                                  "CSR (rows of cells). Rewrite it with adata.X = scipy.sparse.csr_matrix(adata.X)")
             matrix = anndata.io.sparse_dataset(elem)
+    except _UNREADABLE as e:
+        f.close()
+        raise _unreadable(path, e) from e
     except Exception:
         f.close()
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from typing import Callable, Mapping, Optional, Union
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from grn_jax._io import check_out_dir
 from grn_jax.data.buckets import edge_buckets, seq_buckets
 from grn_jax.data.config import DataConfig
 from grn_jax.data.graph_source import CellTypeNetworkSource, GraphSource, SingleNetworkSource
@@ -85,15 +87,18 @@ def _build_source(spec: GraphSpec, vocab: GeneVocab, src: CountsSource, cell_typ
 
 def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: DataConfig = DataConfig(), *,
             vocab: Optional[GeneVocab] = None, graph: GraphSpec = None, cell_graph: GraphSpec = None,
-            overwrite: bool = False, dataset_name: Optional[str] = None) -> dict:
+            overwrite: bool = False, dataset_name: Optional[str] = None, allow_empty_graph: bool = False) -> dict:
     """Tokenise `source` into shards under `out_dir`; return the summary (also in the manifest).
 
     vocab: an existing vocabulary (e.g. the pretraining one); None builds one from
     the data's genes. graph: the cell-type / single network(s) for `graph`;
     cell_graph: a source (or factory) for the optional cell-specific graph.
+    allow_empty_graph: accept a graph that yields no edge in any cell (warns);
+    by default that is an error, since graph-less shards silently train without GDKA.
     """
     t0 = time.perf_counter()
     config.validate()
+    check_out_dir(out_dir, "output folder")  # before reading: an existing file at --out fails at once
     ing, tok = config.ingest, config.tokenize
     src = open_counts(source, ing)
     try:
@@ -134,67 +139,105 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
 
         gsrc = _build_source(graph, vocab, src, cell_types, "graph")
         csrc = _build_source(cell_graph, vocab, src, cell_types, "cell_graph")
+        notes = [] if gsrc is None else _check_graph_edges(_network_edges_kept(gsrc), gsrc, "network",
+                                                            allow_empty_graph)
         writer = ShardWriter(out_dir, config.shards.cells_per_shard, with_cell_graph=csrc is not None,
                              overwrite=overwrite)
-        counts = dict.fromkeys(_COUNT_KEYS, 0)
-        lengths, edge_counts = [], []
-        t_tok = time.perf_counter()
-        # pass 2: tokenise kept cells, chunk by chunk
-        for start, block in src.chunks(config.shards.chunk_cells):
-            keep = qc.keep[start:start + block.shape[0]]
-            if not keep.any():
-                continue
-            rows = np.flatnonzero(keep)
-            vblock = _to_vocab_columns(block if keep.all() else block[rows], col_ids, len(vocab))
-            t = tokenize_block(vblock, totals[start + rows], start + rows, tok, graph_source=gsrc,
-                               cell_graph_source=csrc, normalized_input=ing.normalized_input)
-            for k, v in t.counts.items():
-                counts[k] += v
-            lengths.append(t.lengths)
-            edge_counts.append(np.diff(t.graph.ptr))
-            writer.add(t)
-        t_tok = time.perf_counter() - t_tok
+        try:
+            counts = dict.fromkeys(_COUNT_KEYS, 0)
+            lengths, edge_counts = [], []
+            t_tok = time.perf_counter()
+            # pass 2: tokenise kept cells, chunk by chunk
+            for start, block in src.chunks(config.shards.chunk_cells):
+                keep = qc.keep[start:start + block.shape[0]]
+                if not keep.any():
+                    continue
+                rows = np.flatnonzero(keep)
+                vblock = _to_vocab_columns(block if keep.all() else block[rows], col_ids, len(vocab))
+                t = tokenize_block(vblock, totals[start + rows], start + rows, tok, graph_source=gsrc,
+                                   cell_graph_source=csrc, normalized_input=ing.normalized_input)
+                for k, v in t.counts.items():
+                    counts[k] += v
+                lengths.append(t.lengths)
+                edge_counts.append(np.diff(t.graph.ptr))
+                writer.add(t)
+            t_tok = time.perf_counter() - t_tok
+            if gsrc is not None and not notes:
+                notes += _check_graph_edges(counts["edges_kept"], gsrc, "cells", allow_empty_graph)
 
-        lengths = np.concatenate(lengths)
-        edge_counts = np.concatenate(edge_counts)
-        s_b, e_b = seq_buckets(tok), edge_buckets(tok)
-        kept_rows = np.flatnonzero(qc.keep)
-        cells = pd.DataFrame({"dataset_row": kept_rows, "cell_name": cell_names[kept_rows],
-                              "cell_type": cell_types[kept_rows] if cell_types is not None else ""})
-        summary = {
-            "dataset": dataset_name or (str(source) if not isinstance(source, anndata.AnnData) else "AnnData"),
-            "counts_from": src.where,
-            "backed": src.backed,
-            "cells": qc.report,
-            "genes": gene_report,
-            "vocab_size": len(vocab),
-            "n_bins": tok.n_bins,
-            "bin_vocab_size": BinSpec(tok.n_bins).vocab_size,
-            "tokens": {
-                "total": int(lengths.sum()),
-                "per_cell_min": int(lengths.min()), "per_cell_median": float(np.median(lengths)),
-                "per_cell_max": int(lengths.max()),
-                **counts,
-            },
-            "edges_per_cell_max": int(edge_counts.max()) if len(edge_counts) else 0,
-            "seq_buckets": list(s_b),
-            "seq_buckets_used": sorted({int(s_b[np.searchsorted(s_b, n + 1)]) for n in np.unique(lengths)}),
-            "edge_buckets": list(e_b),
-            "graph": getattr(gsrc, "report", None) if gsrc is not None else "none",
-            "cell_graph": getattr(csrc, "report", None) if csrc is not None else "none",
-            "seconds": {"total": None, "tokenize_pass": round(t_tok, 3)},
-        }
-        manifest = {"vocab": vocab.to_dict(), "bin_spec": dataclasses.asdict(BinSpec(tok.n_bins)),
-                    "seq_buckets": list(s_b), "edge_buckets": list(e_b), "config": config.to_dict(),
-                    "summary": summary}
-        summary["seconds"]["total"] = round(time.perf_counter() - t0, 3)
-        manifest = writer.finish(manifest, cells)
-        summary["shards"] = len(manifest["shards"])
-        summary["content_hash"] = manifest["content_hash"]
-        summary["out_dir"] = str(out_dir)
-        return summary
+            lengths = np.concatenate(lengths)
+            edge_counts = np.concatenate(edge_counts)
+            s_b, e_b = seq_buckets(tok), edge_buckets(tok)
+            kept_rows = np.flatnonzero(qc.keep)
+            cells = pd.DataFrame({"dataset_row": kept_rows, "cell_name": cell_names[kept_rows],
+                                  "cell_type": cell_types[kept_rows] if cell_types is not None else ""})
+            summary = {
+                "dataset": dataset_name or (str(source) if not isinstance(source, anndata.AnnData) else "AnnData"),
+                "counts_from": src.where,
+                "backed": src.backed,
+                "cells": qc.report,
+                "genes": gene_report,
+                "vocab_size": len(vocab),
+                "n_bins": tok.n_bins,
+                "bin_vocab_size": BinSpec(tok.n_bins).vocab_size,
+                "tokens": {
+                    "total": int(lengths.sum()),
+                    "per_cell_min": int(lengths.min()), "per_cell_median": float(np.median(lengths)),
+                    "per_cell_max": int(lengths.max()),
+                    **counts,
+                },
+                "edges_per_cell_max": int(edge_counts.max()) if len(edge_counts) else 0,
+                "seq_buckets": list(s_b),
+                "seq_buckets_used": sorted({int(s_b[np.searchsorted(s_b, n + 1)]) for n in np.unique(lengths)}),
+                "edge_buckets": list(e_b),
+                "graph": getattr(gsrc, "report", None) if gsrc is not None else "none",
+                "cell_graph": getattr(csrc, "report", None) if csrc is not None else "none",
+                "seconds": {"total": None, "tokenize_pass": round(t_tok, 3)},
+                "warnings": notes,
+            }
+            manifest = {"vocab": vocab.to_dict(), "bin_spec": dataclasses.asdict(BinSpec(tok.n_bins)),
+                        "seq_buckets": list(s_b), "edge_buckets": list(e_b), "config": config.to_dict(),
+                        "summary": summary}
+            summary["seconds"]["total"] = round(time.perf_counter() - t0, 3)
+            manifest = writer.finish(manifest, cells)
+            summary["shards"] = len(manifest["shards"])
+            summary["content_hash"] = manifest["content_hash"]
+            summary["out_dir"] = str(out_dir)
+            return summary
+        except BaseException:
+            writer.abort()
+            raise
     finally:
         src.close()
+
+
+def _network_edges_kept(gsrc) -> Optional[int]:
+    """Edges between vocabulary genes over the source's networks (None: a source that does not report it)."""
+    report = getattr(gsrc, "report", None) or {}
+    nets = [report["network"]] if "network" in report else list((report.get("networks") or {}).values())
+    if not nets or not all(isinstance(n, dict) and "edges_kept" in n for n in nets):
+        return None
+    return sum(int(n["edges_kept"]) for n in nets)
+
+
+def _check_graph_edges(kept: Optional[int], gsrc, stage: str, allow: bool) -> list:
+    """Raise when a requested graph gives no edge (unless `allow`: then print a warning and return it)."""
+    if kept is None or kept > 0:
+        return []
+    report = getattr(gsrc, "report", None) or {}
+    nets = [report["network"]] if "network" in report else list((report.get("networks") or {}).values())
+    edges_in = sum(int(n.get("edges_in", 0)) for n in nets)
+    unknown = [g for n in nets for g in n.get("unknown_genes_example", [])][:5]
+    what = (f"the network(s) keep no edge between vocabulary genes ({edges_in} edges in, gene names not found "
+            f"e.g. {unknown})" if stage == "network" else
+            "no cell has an edge: no two genes a cell expresses are linked in its network")
+    if not allow:
+        raise ValueError(f"{what}; the shards would have no graph. Check that the network's gene names match the "
+                         "data's (ingest.gene_column, --vocab), or pass --allow-empty-graph (allow_empty_graph=True)"
+                         " to prepare without edges")
+    msg = f"{what}; preparing graph-less shards because --allow-empty-graph was given"
+    print(f"WARNING: {msg}", file=sys.stderr)
+    return [msg]
 
 
 def format_summary(summary: dict) -> str:
@@ -221,5 +264,5 @@ def format_summary(summary: dict) -> str:
         f"shards           {summary['shards']} in {summary['out_dir']} (content hash "
         f"{summary['content_hash'][:16]})",
         f"time             {summary['seconds']['total']:.2f} s",
-    ]
+    ] + [f"WARNING          {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)

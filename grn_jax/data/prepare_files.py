@@ -19,17 +19,29 @@ def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any
     if path is not None:
         if not Path(path).exists():
             raise ValueError(f"config file {path!r} does not exist")
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path!r} is not valid YAML: {' '.join(str(e).split())}") from e
+        if not isinstance(raw, dict):
+            raise ValueError(f"config file {path!r} must hold a mapping (sections ingest/qc/tokenize/shards, or "
+                             f"`data:`), not a {type(raw).__name__}")
         if "data" in raw:
             raw = raw["data"] or {}
-    raw = {k: dict(v or {}) for k, v in raw.items()}
+            if not isinstance(raw, dict):
+                raise ValueError(f"config file {path!r}: `data:` must be a mapping of sections, not a "
+                                 f"{type(raw).__name__}")
+    raw = {k: (dict(v) if isinstance(v, dict) else v) if v is not None else {} for k, v in raw.items()}
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         section, _, field = key.partition(".")
         if not field:
             raise ValueError(f"override {key!r} must look like section.field (e.g. qc.min_genes)")
-        raw.setdefault(section, {})[field] = value
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise ValueError(f"config section {section!r} must be a mapping of fields, not "
+                             f"{type(raw[section]).__name__}")
+        raw[section][field] = value
     return DataConfig.from_dict(raw)
 
 
@@ -58,14 +70,15 @@ def _read_networks(network: Optional[str], networks_dir: Optional[str]):
 def prepare_files(input_path: str, out_dir: str, *, config_path: Optional[str] = None,
                   overrides: Optional[Mapping[str, Any]] = None, vocab_path: Optional[str] = None,
                   network: Optional[str] = None, networks_dir: Optional[str] = None,
-                  overwrite: bool = False) -> dict:
+                  overwrite: bool = False, allow_empty_graph: bool = False) -> dict:
     """Prepare `input_path` (.h5ad) into shards under `out_dir`; returns the summary."""
     cfg = load_config(config_path, overrides)
     vocab = GeneVocab.load(vocab_path) if vocab_path else None
     graph = _read_networks(network, networks_dir)
     if isinstance(graph, dict) and cfg.ingest.cell_type_column is None:
         raise ValueError("--networks-dir gives one network per cell type: also set --cell-type-column")
-    return prepare(input_path, out_dir, cfg, vocab=vocab, graph=graph, overwrite=overwrite)
+    return prepare(input_path, out_dir, cfg, vocab=vocab, graph=graph, overwrite=overwrite,
+                   allow_empty_graph=allow_empty_graph)
 
 
 __all__ = ["load_config", "prepare_files"]

@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from grn_jax._io import atomic_path, atomic_write_text, check_out_dir
 from grn_jax._json import jsonable
 from grn_jax.data.tokenize import TokenizedCells
 from grn_jax.data.vocab import GeneVocab
@@ -81,7 +82,8 @@ class ShardWriter:
     """Accumulates tokenised blocks and writes a shard every `cells_per_shard` cells."""
 
     def __init__(self, out_dir, cells_per_shard: int, with_cell_graph: bool = False, overwrite: bool = False):
-        self.out = Path(out_dir)
+        self.out = check_out_dir(out_dir, "output folder")
+        self._created = not self.out.exists()
         if self.out.exists() and any(self.out.iterdir()):
             if not overwrite:
                 raise ValueError(f"output folder {str(self.out)!r} exists and is not empty; choose a new folder "
@@ -130,14 +132,28 @@ class ShardWriter:
     def finish(self, manifest: dict, cells: pd.DataFrame) -> dict:
         """Write the last shard, cells.csv and the manifest (with content hash); return the manifest."""
         self._flush()
-        cells.to_csv(self.out / "cells.csv", index=False)
+        with atomic_path(self.out / "cells.csv") as tmp:
+            cells.to_csv(tmp, index=False)
         manifest = dict(manifest)
         manifest.update(format_version=FORMAT_VERSION, with_cell_graph=self.with_cell_graph,
                         shards=[{"name": f"shard_{i:05d}", "cells": c, "tokens": t}
                                 for i, (c, t) in enumerate(zip(self.shard_cells, self.shard_tokens))])
         manifest["content_hash"] = content_hash(self.out, manifest)
-        (self.out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=jsonable))
+        # the manifest seals the folder: written last, atomically (a reader never sees a partial one)
+        atomic_write_text(self.out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True, default=jsonable))
         return manifest
+
+    def abort(self) -> None:
+        """Remove what this writer wrote (after a failure), so no half-prepared folder is left behind."""
+        for i in range(len(self.shard_cells) + 1):  # + the one a failed flush may have begun
+            folder = self.out / f"shard_{i:05d}"
+            if folder.is_dir():
+                for f in folder.iterdir():
+                    f.unlink()
+                folder.rmdir()
+        self.shard_cells, self._buffer, self._buffered = [], [], 0
+        if self._created and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
 
 
 def content_hash(folder, manifest: dict) -> str:

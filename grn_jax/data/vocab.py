@@ -7,11 +7,11 @@ returns -1 for it and the caller counts and reports it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from grn_jax._io import atomic_write_text, read_json
 from grn_jax.types import GENE_CLS, GENE_MASK, GENE_PAD, GENE_SPECIAL_TOKENS
 
 NUM_SPECIAL = len(GENE_SPECIAL_TOKENS)
@@ -89,17 +89,31 @@ class GeneVocab:
 
     @staticmethod
     def from_dict(d: Mapping) -> "GeneVocab":
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a vocabulary must be a JSON object with a 'genes' list, got {type(d).__name__}")
+        if not isinstance(d.get("genes"), list):
+            raise ValueError("the vocabulary has no 'genes' list (keys: "
+                             f"{sorted(d)[:10]}); expected {{'genes': [...], 'aliases': {{...}}}} as written by "
+                             "`grn-jax prepare` (OUT/manifest.json holds it under 'vocab')")
+        if not isinstance(d.get("aliases") or {}, Mapping):
+            raise ValueError(f"the vocabulary's 'aliases' must map identifiers to gene names, got "
+                             f"{type(d['aliases']).__name__}")
         special = list(d.get("special_tokens", GENE_SPECIAL_TOKENS))
         if special != list(GENE_SPECIAL_TOKENS):
             raise ValueError(f"vocabulary special tokens {special} differ from this library's {GENE_SPECIAL_TOKENS}")
         return GeneVocab(d["genes"], d.get("aliases"))
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()))
+        atomic_write_text(path, json.dumps(self.to_dict()))
 
     @staticmethod
     def load(path) -> "GeneVocab":
-        return GeneVocab.from_dict(json.loads(Path(path).read_text()))
+        try:
+            return GeneVocab.from_dict(read_json(path, "vocabulary file"))
+        except ValueError as e:
+            if str(path) in str(e):
+                raise
+            raise ValueError(f"vocabulary file {str(path)!r}: {e}") from e
 
     def __eq__(self, other) -> bool:
         return isinstance(other, GeneVocab) and self.to_dict() == other.to_dict()
