@@ -203,6 +203,7 @@ def embed(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, annda
                              tokens=counts, graph=graph_report, out=None if in_memory else str(out),
                              seconds=0.0, replaced=writer.replaced)
         writer.write_uns(UNS_KEY, _provenance(pre, tok, report, empty_examples))
+        writer.commit()  # the output appears only now, complete (temp file + rename)
     finally:
         src.close()
         if writer is not None:

@@ -5,17 +5,24 @@ block with h5py, in the on-disk encoding anndata reads (dense arrays with
 `encoding-type=array`), so memory holds one block, never all cells.
 Provenance goes to `uns` as JSON strings (a config is nested and may hold nulls,
 which h5ad attributes cannot store).
+
+Nothing half-written is left behind: `H5adWriter` fills a temporary sibling file and
+renames it over the destination only in `commit()`; `MemoryWriter` stages the arrays
+and sets them on the AnnData only in `commit()`. `close()` without a commit discards.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import anndata
 import h5py
 import numpy as np
+
+from grn_jax._io import temp_sibling
 
 _ARRAY_ATTRS = {"encoding-type": "array", "encoding-version": "0.2.0"}
 _DICT_ATTRS = {"encoding-type": "dict", "encoding-version": "0.1.0"}
@@ -29,7 +36,7 @@ def _group(f: h5py.File, name: str) -> h5py.Group:
 
 
 class H5adWriter:
-    """Copy `src` to `dst`, then fill new obsm/varm arrays in place."""
+    """Copy `src` to a temporary file beside `dst`, fill new obsm/varm arrays in it, rename it to `dst` on commit."""
 
     def __init__(self, src: str | Path, dst: str | Path, *, overwrite: bool = False):
         src, dst = Path(src), Path(dst)
@@ -39,10 +46,18 @@ class H5adWriter:
             raise ValueError(f"output {str(dst)!r} is the input file; write to a new file")
         if dst.suffix != ".h5ad":
             raise ValueError(f"output {str(dst)!r} must end in .h5ad")
+        if dst.is_dir():
+            raise ValueError(f"output {str(dst)!r} is a folder; give an .h5ad file path")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
         self.path = dst
-        self._f = h5py.File(dst, "r+")
+        self._tmp = temp_sibling(dst)
+        self._f = None
+        try:
+            shutil.copyfile(src, self._tmp)
+            self._f = h5py.File(self._tmp, "r+")
+        except BaseException:
+            self.close()
+            raise
         self.replaced: list[str] = []
 
     def create(self, slot: str, key: str, shape: tuple, fill: float = np.nan) -> None:
@@ -68,10 +83,21 @@ class H5adWriter:
             self.replaced.append(f"uns/{key}")
         anndata.io.write_elem(uns, key, {k: json.dumps(v, default=str) for k, v in record.items()})
 
+    def commit(self) -> None:
+        """Everything is written: make the output appear at its path (atomic rename)."""
+        self._f.close()
+        self._f = None
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+
     def close(self) -> None:
+        """Release the file; without a prior `commit()` (a failure) the temporary is deleted, `dst` untouched."""
         if self._f is not None:
             self._f.close()
             self._f = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
 
 
 class MemoryWriter:
@@ -81,26 +107,34 @@ class MemoryWriter:
         self.adata = adata
         self.path = None
         self.replaced: list[str] = []
+        self._staged: dict = {"obsm": {}, "varm": {}, "uns": {}}
 
-    def _slot(self, slot: str):
-        return {"obsm": self.adata.obsm, "varm": self.adata.varm}[slot]
+    def _existing(self, slot: str):
+        return {"obsm": self.adata.obsm, "varm": self.adata.varm, "uns": self.adata.uns}[slot]
 
     def create(self, slot: str, key: str, shape: tuple, fill: float = np.nan) -> None:
-        if key in self._slot(slot):
+        if key in self._existing(slot) and f"{slot}/{key}" not in self.replaced:
             self.replaced.append(f"{slot}/{key}")
-        self._slot(slot)[key] = np.full(shape, fill, np.float32)
+        self._staged[slot][key] = np.full(shape, fill, np.float32)
 
     def write_rows(self, slot: str, key: str, start: int, values: np.ndarray) -> None:
-        self._slot(slot)[key][start:start + len(values)] = values
+        self._staged[slot][key][start:start + len(values)] = values
 
     def write_full(self, slot: str, key: str, values: np.ndarray) -> None:
         self.create(slot, key, values.shape)
-        self._slot(slot)[key][...] = values
+        self._staged[slot][key][...] = values
 
     def write_uns(self, key: str, record: dict) -> None:
         if key in self.adata.uns:
             self.replaced.append(f"uns/{key}")
-        self.adata.uns[key] = {k: json.dumps(v, default=str) for k, v in record.items()}
+        self._staged["uns"][key] = {k: json.dumps(v, default=str) for k, v in record.items()}
+
+    def commit(self) -> None:
+        """Set the staged arrays on the AnnData (a failure before this leaves it unchanged)."""
+        for slot, items in self._staged.items():
+            for key, value in items.items():
+                self._existing(slot)[key] = value
+        self._staged = {"obsm": {}, "varm": {}, "uns": {}}
 
     def close(self) -> None:
-        pass
+        self._staged = {"obsm": {}, "varm": {}, "uns": {}}
