@@ -125,12 +125,19 @@ def _add_grn(sub) -> None:
     q.add_argument("--cell-type-key", default=None, help="obs column of cell types (default: Leiden clusters)")
     q.add_argument("--layer", default=None, help="layer holding raw counts (default: X)")
     q.add_argument("--regulators", default="human",
-                   help="regulator list file, one gene per line, or 'human' for the shipped 1,639 human TFs")
+                   help="regulator list file (one gene per line), 'human' for the shipped 1,639 human TFs, or "
+                        "hvg:N for the N most variable genes (any species or naming)")
+    q.add_argument("--method", choices=("spearman", "aracne"), default="spearman",
+                   help="spearman: |Spearman| of log1p CP10k, BH FDR, DPI, one pass (default, exact); aracne: MI + "
+                        "permutation null + DPI + bootstrap consensus")
+    q.add_argument("--all-cells", action="store_true", help="one network from all cells (no labels, no clustering)")
     q.add_argument("--estimator", choices=("gaussian", "adaptive"), default="gaussian",
-                   help="MI estimator: Gaussian copula (fast) or ARACNe adaptive partitioning")
+                   help="--method aracne: MI estimator, Gaussian copula (fast) or ARACNe adaptive partitioning")
     q.add_argument("--mi-pvalue", type=float, default=1e-4, help="MI significance vs the permutation null")
-    q.add_argument("--bootstraps", type=int, default=20, help="bootstrap runs for the consensus (0/1 = none)")
-    q.add_argument("--fdr", type=float, default=0.05, help="consensus FDR (binomial recurrence null)")
+    q.add_argument("--bootstraps", type=int, default=None,
+                   help="--method aracne: bootstrap runs for the consensus (default 20; 0/1 = none)")
+    q.add_argument("--fdr", type=float, default=0.05,
+                   help="FDR: spearman, over all (regulator, gene) pairs; aracne, of the bootstrap consensus")
     q.add_argument("--no-dpi", action="store_true", help="skip the data processing inequality")
     q.add_argument("--max-cells", type=int, default=None, help="subsample each run to this many cells")
     q.add_argument("--min-cells", type=int, default=50, help="cell types below this get --fallback")
@@ -148,15 +155,21 @@ def _add_grn(sub) -> None:
     def run_infer(args) -> int:
         from grn_jax.graphs import AracneConfig, infer_networks_to_dir
 
-        cfg = AracneConfig(estimator=args.estimator, mi_pvalue=args.mi_pvalue, n_bootstraps=args.bootstraps,
+        if args.method != "aracne" and (args.bootstraps is not None or args.estimator != "gaussian"):
+            raise ValueError("--bootstraps and --estimator apply to --method aracne only; drop them or add "
+                             "--method aracne")
+        cfg = AracneConfig(estimator=args.estimator, mi_pvalue=args.mi_pvalue,
+                           n_bootstraps=20 if args.bootstraps is None else args.bootstraps,
                            fdr=args.fdr, dpi=not args.no_dpi, max_cells=args.max_cells, seed=args.seed,
                            progress=True)
         res = infer_networks_to_dir(args.data, args.out, cell_type_key=args.cell_type_key,
+                                    method=args.method, all_cells=args.all_cells,
                                     regulators_path=args.regulators, fmt=args.format, layer=args.layer, config=cfg,
                                     min_cells=args.min_cells, min_gene_fraction=args.min_gene_fraction,
                                     fallback=args.fallback, subnetworks=args.subnetworks,
                                     cluster_method=args.cluster_method, resolution=args.resolution)
         print(res.summary.to_string(index=False))
+        print(res.report())
         return 0
 
     q.set_defaults(func=run_infer)

@@ -293,6 +293,25 @@ def resolve_regulators(genes: Sequence[str], regulators: Sequence[str]) -> tuple
     return idx, missing
 
 
+def check_group(x_NxG: np.ndarray, genes: Sequence[str], min_informative_cells: int,
+                name: str) -> tuple[np.ndarray, list[str]]:
+    """(x as an array, genes as str) after the checks every network method needs: shape, unique names,
+    finite values, >= 8 cells, every gene informative in >= `min_informative_cells` cells."""
+    genes = [str(g) for g in genes]
+    x_NxG = np.asarray(x_NxG)
+    if x_NxG.ndim != 2 or x_NxG.shape[1] != len(genes):
+        raise ValueError(f"expression has shape {x_NxG.shape} but {len(genes)} gene names were given")
+    if len(set(genes)) != len(genes):
+        dup = [g for g in dict.fromkeys(genes) if genes.count(g) > 1][:5]
+        raise ValueError(f"gene names must be unique; duplicated: {dup}")
+    mi_lib.check_expression(x_NxG, genes)
+    if x_NxG.shape[0] < 8:
+        raise ValueError(f"{name}: {x_NxG.shape[0]} cells; network inference needs at least 8 "
+                         "(use more cells or a fallback)")
+    mi_lib._check_not_constant(x_NxG, genes, name, min_informative_cells)
+    return x_NxG, genes
+
+
 def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[str],
                   config: AracneConfig = AracneConfig(), *, name: str = "") -> GeneNetwork:
     """ARACNe network of one group of cells: threshold, DPI, bootstrap consensus.
@@ -306,18 +325,8 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
     """
     t0 = time.perf_counter()
     cfg = config
-    genes = [str(g) for g in genes]
-    x_NxG = np.asarray(x_NxG)
-    if x_NxG.ndim != 2 or x_NxG.shape[1] != len(genes):
-        raise ValueError(f"expression has shape {x_NxG.shape} but {len(genes)} gene names were given")
-    if len(set(genes)) != len(genes):
-        dup = [g for g in dict.fromkeys(genes) if genes.count(g) > 1][:5]
-        raise ValueError(f"gene names must be unique; duplicated: {dup}")
-    mi_lib.check_expression(x_NxG, genes)
+    x_NxG, genes = check_group(x_NxG, genes, cfg.min_informative_cells, name or "infer_network")
     n = x_NxG.shape[0]
-    if n < 8:
-        raise ValueError(f"{name or 'group'}: {n} cells; ARACNe needs at least 8 (use more cells or a fallback)")
-    mi_lib._check_not_constant(x_NxG, genes, f"{name or 'infer_network'}", cfg.min_informative_cells)
     reg_idx, missing = resolve_regulators(genes, regulators)
     rng = np.random.default_rng(cfg.seed)
     n_run = min(n, cfg.max_cells) if cfg.max_cells else n

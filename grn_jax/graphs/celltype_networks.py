@@ -21,13 +21,21 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from grn_jax.graphs import aracne, mutual_info
+from grn_jax.graphs import aracne, mutual_info, rank_network
 from grn_jax.types import GeneNetwork
 
 POOLED = "__pooled__"
 FALLBACKS = ("pooled", "skip", "error")
 SUBNETWORKS = ("bootstrap", "clusters")
 CLUSTER_METHODS = ("leiden", "louvain")
+METHODS = ("spearman", "aracne")  # |Spearman| + FDR + DPI (rank_network), or MI + null + DPI + bootstraps
+ALL_CELLS = "all_cells"
+
+
+def _infer_fn(method: str):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return rank_network.infer_rank_network if method == "spearman" else aracne.infer_network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +46,67 @@ class CellTypeNetworks:
     summary: pd.DataFrame
     labels: np.ndarray  # the cell-type label of every cell used
     params: dict
+
+    @property
+    def own(self) -> list:
+        """Cell types that got their own network."""
+        return [str(t) for t in self.summary.loc[self.summary["network"] == "own", "cell_type"]]
+
+    @property
+    def fell_back(self) -> list:
+        """Cell types that use the pooled network of all cells."""
+        return [str(t) for t in self.summary.loc[self.summary["network"] == "pooled", "cell_type"]]
+
+    def report(self) -> str:
+        """Lines for the log: regulators matched, and every type by name with the network it got."""
+        p = self.params
+        lines = [f"regulators: {p['n_regulators_in_data']} of {p['n_regulators_given']} given are genes of the data"
+                 + (f" ({p['n_regulators_missing']} not found, first: {p['regulators_missing_first'][:5]})"
+                    if p["n_regulators_missing"] else "") + f" [{p['regulator_source']}]",
+                 f"{len(self.own)} of {len(self.summary)} cell types got their own network: {', '.join(self.own)}"]
+        if self.fell_back:
+            lines.append(f"{len(self.fell_back)} fell back to the pooled network of all {p['n_cells']} cells: "
+                         + ", ".join(self.fell_back))
+        skipped = [str(t) for t in self.summary.loc[self.summary["network"] == "none", "cell_type"]]
+        if skipped:
+            lines.append(f"{len(skipped)} got no network (fallback 'skip'): {', '.join(skipped)}")
+        return "\n".join(lines)
+
+
+def variable_genes(adata, n: int, layer: Optional[str] = None) -> list:
+    """The `n` most variable genes (scanpy 'seurat' dispersion ranking of log1p CP10k), for `regulators="hvg:N"`."""
+    import anndata as ad
+    import scanpy as sc
+
+    if not 1 <= n <= adata.n_vars:
+        raise ValueError(f"hvg:{n} asks for {n} regulators but the data have {adata.n_vars} genes; "
+                         f"use hvg:N with 1 <= N <= {adata.n_vars}")
+    tmp = ad.AnnData(X=log_normalised(adata, layer).astype(np.float32))
+    tmp.var_names = adata.var_names
+    sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat")
+    disp = np.nan_to_num(tmp.var["dispersions_norm"].to_numpy(np.float64), nan=-np.inf)
+    flagged = np.flatnonzero(tmp.var["highly_variable"].to_numpy())
+    flagged = flagged[np.lexsort((flagged, -disp[flagged]))][:n]  # ties at the cut: first by gene order
+    return [str(g) for g in np.asarray(adata.var_names)[flagged]]
+
+
+def parse_regulators(spec, adata, layer: Optional[str] = None) -> tuple[Optional[list], str]:
+    """(regulator names, description) from a list, None (shipped human TFs), 'human', 'hvg:N' or a file path."""
+    if spec is None or (isinstance(spec, str) and spec == "human"):
+        from grn_jax.resources import human_tfs
+
+        return human_tfs(), "shipped human TFs (1,639)"
+    if isinstance(spec, str) and spec.startswith("hvg:"):
+        try:
+            n = int(spec[4:])
+        except ValueError:
+            raise ValueError(f"--regulators {spec!r}: expected hvg:N with an integer N (e.g. hvg:300)") from None
+        return variable_genes(adata, n, layer), f"the {n} most variable genes (hvg:{n})"
+    if isinstance(spec, str):
+        from grn_jax.resources import read_gene_list
+
+        return read_gene_list(spec), f"file {spec}"
+    return [str(r) for r in spec], "given list"
 
 
 def log_normalised(adata, layer: Optional[str] = None, target_sum: float = 1e4) -> sp.csr_matrix:
@@ -115,8 +184,10 @@ def consensus_networks(networks: Sequence[GeneNetwork], genes: Sequence[str], re
 
 
 def _network_for_group(x_csr: sp.csr_matrix, genes: np.ndarray, regulators, cfg: aracne.AracneConfig, name: str,
-                       subnetworks: str, min_cells: int, cluster_kw: dict, min_gene_fraction: float):
-    """Drop genes (nearly) constant in the group, then ARACNe (bootstraps or sub-cluster consensus)."""
+                       subnetworks: str, min_cells: int, cluster_kw: dict, min_gene_fraction: float,
+                       method: str = "aracne"):
+    """Drop genes (nearly) constant in the group, then the method (one pass / bootstraps, or sub-cluster consensus)."""
+    infer = _infer_fn(method)
     x = x_csr.toarray().astype(np.float32)
     k = max(cfg.min_informative_cells, int(np.ceil(min_gene_fraction * x.shape[0])))
     const = mutual_info.constant_columns(x, k)
@@ -128,7 +199,7 @@ def _network_for_group(x_csr: sp.csr_matrix, genes: np.ndarray, regulators, cfg:
     info = {"min_informative_cells_used": k, "n_genes_excluded": int(const.sum()),
             "genes_excluded_first": [str(s) for s in genes[const][:20]]}
     if subnetworks == "bootstrap":
-        net = aracne.infer_network(x, g, regulators, cfg, name=name)
+        net = infer(x, g, regulators, cfg, name=name)
         net.params.update(info)
         return net
     import anndata as ad
@@ -145,11 +216,12 @@ def _network_for_group(x_csr: sp.csr_matrix, genes: np.ndarray, regulators, cfg:
     for c in big:  # a handful of sub-clusters, each one full ARACNe run
         rows = sub == c
         keep = ~mutual_info.constant_columns(x[rows], cfg.min_informative_cells)
-        subnets.append(aracne.infer_network(x[rows][:, keep], g[keep], regulators, one, name=f"{name}/{c}"))
+        subnets.append(infer(x[rows][:, keep], g[keep], regulators, one, name=f"{name}/{c}"))
     net = consensus_networks(subnets, g, [r for r in regulators if r in regs_present], cfg.fdr, params={
-        **cfg.to_params(), "name": name, "n_cells": int(x.shape[0]), "subnetworks": "clusters",
+        **cfg.to_params(), "subnetwork_method": method, "name": name, "n_cells": int(x.shape[0]),
+        "subnetworks": "clusters",
         "subcluster_sizes": dict(zip(groups.tolist(), counts.tolist())), "subclusters_used": big.tolist(),
-        "mi_threshold_per_subnetwork": [s.params["mi_threshold"] for s in subnets]})
+        "mi_threshold_per_subnetwork": [s.params.get("mi_threshold") for s in subnets]})
     net.params.update(info)
     return net
 
@@ -168,11 +240,17 @@ def infer_cell_type_networks(
     resolution: float = 1.0,
     subcluster_resolution: float = 0.3,
     min_gene_fraction: float = 0.01,
+    method: str = "spearman",
+    all_cells: bool = False,
 ) -> CellTypeNetworks:
-    """ARACNe network of every cell type of `adata` (counts in X or `layer`).
+    """A network of every cell type of `adata` (counts in X or `layer`), by `method`.
 
-    `regulators` defaults to the shipped human TF list. Without
-    `cell_type_key`, cell types are `cluster_method` clusters at `resolution`.
+    method="spearman" (default): |Spearman| of log1p CP10k, BH at config.fdr,
+    DPI (`rank_network`); "aracne": copula/adaptive MI, permutation null, DPI,
+    bootstrap consensus (`aracne.infer_network`). `regulators`: names, a file,
+    "human" (default, the shipped human TF list) or "hvg:N" (the N most variable
+    genes). `all_cells`: one network of all cells (no labels, no clustering).
+    Without `cell_type_key`, cell types are `cluster_method` clusters at `resolution`.
     Per type, genes detected in fewer than max(config.min_informative_cells,
     min_gene_fraction * cells) of its cells are excluded (and counted);
     with subnetworks="clusters" each type is sub-clustered at
@@ -190,16 +268,20 @@ def infer_cell_type_networks(
         raise ValueError(f"min_gene_fraction must be in [0, 1), got {min_gene_fraction}")
     if min_cells < 8:
         raise ValueError(f"min_cells must be >= 8 (ARACNe needs cells to estimate MI), got {min_cells}")
-    if regulators is None:
-        from grn_jax.resources import human_tfs
-
-        regulators = human_tfs()
+    _infer_fn(method)
+    if all_cells and cell_type_key is not None:
+        raise ValueError(f"all_cells (--all-cells) makes one network of all cells; drop cell_type_key "
+                         f"{cell_type_key!r} (--cell-type-key) or all_cells")
+    regulators, regulator_source = parse_regulators(regulators, adata, layer)
     genes = np.asarray(adata.var_names.astype(str))
     reg_idx, missing = aracne.resolve_regulators(genes, regulators)
     regs = [str(genes[i]) for i in reg_idx]
     x = log_normalised(adata, layer)
     cluster_kw = dict(method=cluster_method, resolution=subcluster_resolution, layer=None, seed=config.seed)
-    if cell_type_key is None:
+    if all_cells:
+        labels = np.full(adata.n_obs, ALL_CELLS, dtype=object).astype(str)
+        label_source = "all cells (one network)"
+    elif cell_type_key is None:
         labels = cluster_cells(adata, **{**cluster_kw, "layer": layer, "resolution": resolution})
         label_source = f"{cluster_method} clusters (resolution {resolution})"
     else:
@@ -231,37 +313,42 @@ def infer_cell_type_networks(
         if reason is None:
             try:
                 net = _network_for_group(x[labels == t], genes, regs, config, str(t), subnetworks, min_cells,
-                                         cluster_kw, min_gene_fraction)
+                                         cluster_kw, min_gene_fraction, method)
             except aracne.EmptyNetworkError as e:
                 if fallback == "error":
                     raise
                 reason = f"own network empty ({e})"
         if reason is None:
             networks[t] = net
-            rows.append(dict(cell_type=t, n_cells=int(c), status="inferred", n_edges=net.num_edges,
+            rows.append(dict(cell_type=t, n_cells=int(c), status="inferred", network="own", n_edges=net.num_edges,
                              n_regulators=net.params.get("n_regulators"), mi_threshold=net.params.get("mi_threshold"),
                              n_genes_excluded=net.params["n_genes_excluded"],
                              seconds=round(time.perf_counter() - t0, 3)))
             continue
         if fallback == "skip":
-            rows.append(dict(cell_type=t, n_cells=int(c), status=f"skipped: {reason}", n_edges=0))
+            rows.append(dict(cell_type=t, n_cells=int(c), status=f"skipped: {reason}", network="none", n_edges=0))
             continue
         if pooled is None:
             pooled = _network_for_group(x, genes, regs, config, POOLED, subnetworks, min_cells, cluster_kw,
-                                        min_gene_fraction)
+                                        min_gene_fraction, method)
             networks[POOLED] = pooled
         networks[t] = pooled
-        rows.append(dict(cell_type=t, n_cells=int(c), n_edges=pooled.num_edges,
+        rows.append(dict(cell_type=t, n_cells=int(c), network="pooled", n_edges=pooled.num_edges,
                          status=f"fallback: pooled network of all {adata.n_obs} cells; {reason}",
                          mi_threshold=pooled.params.get("mi_threshold"),
                          n_genes_excluded=pooled.params["n_genes_excluded"]))
     if not any(isinstance(v, GeneNetwork) for v in networks.values()):
         raise ValueError(f"no network was inferred: every cell type was below min_cells={min_cells} or gave an "
                          f"empty network, and fallback='skip' ({ {t: int(c) for t, c in zip(types, counts)} })")
-    params = {"label_source": label_source, "min_cells": min_cells, "fallback": fallback, "subnetworks": subnetworks,
+    params = {"method": method, "label_source": label_source, "min_cells": min_cells, "fallback": fallback,
+              "subnetworks": subnetworks,
               "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars), "layer": layer,
               "n_regulators_given": len(set(map(str, regulators))), "n_regulators_in_data": len(regs),
-              "n_regulators_missing": len(missing), "normalisation": "log1p(counts * 1e4 / cell total)",
+              "n_regulators_missing": len(missing), "regulators_missing_first": missing[:20],
+              "regulator_source": regulator_source, "normalisation": "log1p(counts * 1e4 / cell total)",
               "min_gene_fraction": min_gene_fraction,
               "aracne": config.to_params()}
-    return CellTypeNetworks(networks=networks, summary=pd.DataFrame(rows), labels=labels, params=params)
+    summ = pd.DataFrame(rows)
+    params["cell_types_own_network"] = [str(t) for t in summ.loc[summ["network"] == "own", "cell_type"]]
+    params["cell_types_pooled_fallback"] = [str(t) for t in summ.loc[summ["network"] == "pooled", "cell_type"]]
+    return CellTypeNetworks(networks=networks, summary=summ, labels=labels, params=params)

@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from grn_jax._io import atomic_path
 from grn_jax._json import jsonable
 from grn_jax.types import GeneNetwork
 
@@ -49,17 +50,19 @@ def write_network(net: GeneNetwork, path: PathLike) -> None:
     df = network_frame(net)
     params = json.dumps(net.params, default=jsonable, sort_keys=True)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if fmt == "tsv":
-        with open(path, "w", newline="") as f:
-            f.write(_TSV_PREFIX + params + "\n")
-            df.to_csv(f, sep="\t", index=False, float_format="%.10g")
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    with atomic_path(path) as tmp:  # a reader never sees half a network
+        if fmt == "tsv":
+            with open(tmp, "w", newline="") as f:
+                f.write(_TSV_PREFIX + params + "\n")
+                df.to_csv(f, sep="\t", index=False, float_format="%.10g")
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), PARAMS_KEY.encode(): params.encode()})
-        pq.write_table(table, path)
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   PARAMS_KEY.encode(): params.encode()})
+            pq.write_table(table, tmp)
 
 
 def _from_frame(df: pd.DataFrame, params: dict, where: str) -> GeneNetwork:

@@ -214,7 +214,7 @@ def test_cell_type_networks_with_fallbacks(typed, tmp_path):
     s, tfs = typed
     cfg = aracne.AracneConfig(n_bootstraps=3, n_null_pairs=1000)
     res = ctn.infer_cell_type_networks(s.adata, cell_type_key="ct", regulators=tfs + ["NOT_A_GENE"], config=cfg,
-                                       min_cells=40)
+                                       method="aracne", min_cells=40)
     summ = res.summary.set_index("cell_type")
     assert summ.loc["rare", "n_cells"] == 3 and summ.loc["rare", "status"].startswith("fallback: pooled")
     assert res.networks["rare"] is res.networks[ctn.POOLED]
@@ -225,27 +225,31 @@ def test_cell_type_networks_with_fallbacks(typed, tmp_path):
     files = write_cell_type_networks(res, tmp_path, "tsv")
     assert files["rare"] == files[ctn.POOLED] and (tmp_path / "summary.tsv").exists()
 
-    skipped = ctn.infer_cell_type_networks(s.adata, cell_type_key="ct", regulators=tfs, config=cfg, min_cells=40,
+    skipped = ctn.infer_cell_type_networks(s.adata, cell_type_key="ct", regulators=tfs, config=cfg, method="aracne",
+                                           min_cells=40,
                                            fallback="skip")
     assert "rare" not in skipped.networks
     assert skipped.summary.set_index("cell_type").loc["rare", "status"] == "skipped: below min_cells"
     with pytest.raises(ValueError, match=r"fewer than min_cells=40.*'rare': 3"):
-        ctn.infer_cell_type_networks(s.adata, cell_type_key="ct", regulators=tfs, config=cfg, min_cells=40,
+        ctn.infer_cell_type_networks(s.adata, cell_type_key="ct", regulators=tfs, config=cfg, method="aracne",
+                                     min_cells=40,
                                      fallback="error")
     # A type large enough by count whose own network comes out empty falls back too, and says why.
     ad = s.adata.copy()
     ad.obs.loc[ad.obs_names[3:15], "ct"] = "small"
-    res = ctn.infer_cell_type_networks(ad, cell_type_key="ct", regulators=tfs, config=cfg, min_cells=10)
+    res = ctn.infer_cell_type_networks(ad, cell_type_key="ct", regulators=tfs, config=cfg, method="aracne",
+                                       min_cells=10)
     status = res.summary.set_index("cell_type").loc["small", "status"]
     assert status.startswith("fallback: pooled") and "own network empty" in status
     assert res.networks["small"] is res.networks[ctn.POOLED]
     with pytest.raises(aracne.EmptyNetworkError, match="small"):
         ctn.infer_cell_type_networks(ad[ad.obs["ct"] != "rare"].copy(), cell_type_key="ct", regulators=tfs,
-                                     config=cfg, min_cells=10, fallback="error")
+                                     config=cfg, method="aracne", min_cells=10, fallback="error")
     with pytest.raises(ValueError, match="cell_type_key 'nope'"):
-        ctn.infer_cell_type_networks(s.adata, cell_type_key="nope", regulators=tfs, config=cfg)
+        ctn.infer_cell_type_networks(s.adata, cell_type_key="nope", regulators=tfs, config=cfg, method="aracne")
     with pytest.raises(ValueError, match="layer 'counts' not in adata.layers"):
-        ctn.infer_cell_type_networks(s.adata, cell_type_key="ct", regulators=tfs, config=cfg, layer="counts")
+        ctn.infer_cell_type_networks(s.adata, cell_type_key="ct", regulators=tfs, config=cfg, method="aracne",
+                                     layer="counts")
 
 
 def test_unlabelled_cells_are_clustered_into_types():
@@ -278,7 +282,7 @@ def test_cluster_consensus_within_a_type(typed):
     s, tfs = typed
     ad = s.adata[s.adata.obs["ct"] == "type_0"].copy()
     res = ctn.infer_cell_type_networks(ad, cell_type_key="ct", regulators=tfs, min_cells=20,
-                                       subnetworks="clusters", subcluster_resolution=1.5,
+                                       subnetworks="clusters", subcluster_resolution=1.5, method="aracne",
                                        config=aracne.AracneConfig(n_null_pairs=1000, mi_pvalue=1e-2))
     net = res.networks["type_0"]
     p = net.params
@@ -312,7 +316,8 @@ def test_genes_detected_in_a_few_cells_are_excluded_and_counted(typed):
     ad2 = an.AnnData(X=sp.hstack([ad.X, sp.csr_matrix(extra)]).tocsr(), obs=ad.obs.copy())
     ad2.var_names = list(ad.var_names) + ["RARE1", "RARE2"]
     res = ctn.infer_cell_type_networks(ad2, cell_type_key="ct", regulators=tfs + ["RARE1"], min_cells=20,
-                                       config=aracne.AracneConfig(n_bootstraps=3, n_null_pairs=1000))
+                                       config=aracne.AracneConfig(n_bootstraps=3, n_null_pairs=1000),
+                                       method="aracne")
     net = res.networks["type_0"]
     assert {"RARE1", "RARE2"} <= set(net.params["genes_excluded_first"])
     assert net.params["min_informative_cells_used"] == 5 and res.summary["n_genes_excluded"].iloc[0] >= 2

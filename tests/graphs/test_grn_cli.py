@@ -30,7 +30,8 @@ def test_infer_then_assign(files, capsys):
     d, truth = files
     out = d / "nets"
     rc = main(["grn", "infer", str(d / "train.h5ad"), "--cell-type-key", "cell_type", "--out", str(out),
-               "--regulators", str(d / "tfs.txt"), "--bootstraps", "3", "--min-cells", "40", "--format", "parquet"])
+               "--regulators", str(d / "tfs.txt"), "--method", "aracne", "--bootstraps", "3", "--min-cells", "40",
+               "--format", "parquet"])
     assert rc == 0 and "inferred" in capsys.readouterr().out
     summary = pd.read_csv(out / "summary.tsv", sep="\t")
     assert sorted(summary["cell_type"]) == ["type_0", "type_1"] and (summary["n_edges"] > 0).all()
