@@ -21,7 +21,10 @@ Folder layout (written by `grn_jax.inference.export`):
 Loading verifies every file against the manifest and refuses, with a message
 naming the file, a folder whose config, vocabulary, parameters or artefacts
 changed; `expect_*` arguments also refuse an export made from another
-checkpoint, vocabulary or config than the caller expects.
+checkpoint, vocabulary or config than the caller expects. The vocabulary and model
+config are also compared with the hashes the manifest recorded at export time.
+Calls check their inputs (`ServedModel.check_inputs`): an out-of-vocabulary gene
+id, bin or edge index is a one-line ValueError, never a NaN embedding.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import numpy as np
 
 FORMAT = "grn_jax.export/1"
 MANIFEST = "export.json"
+TOKEN_INPUTS = ("gene_ids", "bins", "token_mask")
 
 
 class ExportError(ValueError):
@@ -102,6 +106,7 @@ class ServedModel:
         self.seq_buckets = tuple(int(s) for s in manifest["seq_buckets"])
         self.input_names = tuple(manifest["inputs"])
         self._exported: dict[int, Any] = {}
+        self._model_cfg: Optional[dict] = None
 
     @property
     def vocab(self) -> dict:
@@ -126,9 +131,57 @@ class ServedModel:
             self._exported[seq_len] = export.deserialize(bytearray(data))
         return self._exported[seq_len]
 
-    def __call__(self, *arrays):
-        """(cls [B, D], mean [B, D], hidden [B, S, D]) for the positional inputs named in `input_names`."""
+    def check_inputs(self, *arrays) -> None:
+        """ValueError (one line, naming the input) unless the arrays are a token batch this model can embed.
+
+        Without it an out-of-vocabulary gene id or bin silently yields NaN embeddings
+        (the embedding lookup fills out-of-range rows) and an edge index outside the
+        sequence silently drops or misplaces that edge.
+        """
         if len(arrays) != len(self.input_names):
+            raise ExportError(f"expected {len(self.input_names)} arrays {list(self.input_names)}, got {len(arrays)}")
+        shapes = [np.shape(a) for a in arrays]
+        if len(shapes[0]) != 2:
+            raise ValueError(f"gene_ids must be [batch, seq_len], got shape {shapes[0]}")
+        b, s = shapes[0]
+        edges: dict = {}  # graph prefix ("" or "cell_") -> edge count, taken from its senders
+        for name, shape in zip(self.input_names, shapes):
+            prefix, base = ("cell_", name[5:]) if name.startswith("cell_") else ("", name)
+            if base in TOKEN_INPUTS:
+                want = (b, s)
+            else:
+                want = (b, edges.setdefault(prefix, shape[1] if len(shape) == 2 else -1))
+            if tuple(shape) != want:
+                like = ("[batch, seq_len] like gene_ids" if base in TOKEN_INPUTS
+                        else f"[batch, edges] like {prefix}senders")
+                raise ValueError(f"input {name} has shape {tuple(shape)}, expected {want} ({like})")
+        if self._model_cfg is None:
+            self._model_cfg = self.config["model"]
+        model = self._model_cfg
+        limits = {"gene_ids": (int(model["gene_vocab_size"]), "the exported vocabulary (vocab.json)"),
+                  "bins": (int(model["n_bins"]) + 3, f"bins 0..{int(model['n_bins']) - 1} + MASK/PAD/CLS ids"),
+                  "senders": (s, "the token positions"), "receivers": (s, "the token positions"),
+                  "cell_senders": (s, "the token positions"), "cell_receivers": (s, "the token positions")}
+        for name, a in zip(self.input_names, arrays):
+            if name not in limits:
+                continue
+            a = np.asarray(a)
+            if not np.issubdtype(a.dtype, np.integer):
+                raise ValueError(f"input {name} must be integer ids, got dtype {a.dtype}")
+            hi, what = limits[name]
+            if a.size and (a.min() < 0 or a.max() >= hi):
+                bad = a[(a < 0) | (a >= hi)]
+                raise ValueError(f"input {name} has {bad.size} value(s) outside [0, {hi}) (e.g. {int(bad[0])}), "
+                                 f"the range of {what}; tokenise cells with this export's tokenization.json")
+
+    def __call__(self, *arrays, check: bool = True):
+        """(cls [B, D], mean [B, D], hidden [B, S, D]) for the positional inputs named in `input_names`.
+
+        `check` (default on) validates the inputs first (`check_inputs`).
+        """
+        if check:
+            self.check_inputs(*arrays)
+        elif len(arrays) != len(self.input_names):
             raise ExportError(f"expected {len(self.input_names)} arrays {list(self.input_names)}, got {len(arrays)}")
         seq_len = int(np.shape(arrays[0])[1])
         return self.exported(seq_len).call(self.params, *arrays)
@@ -156,6 +209,16 @@ def load_export(path, *, expect_checkpoint_sha256: Optional[str] = None, expect_
         raise ExportError(f"{root}: vocab.json has {n_tokens} tokens but the model was built for "
                           f"gene_vocab_size={config['model']['gene_vocab_size']}; the vocabulary does not belong "
                           "to this model")
+    # The manifest records what the export was made from: a vocabulary or config swapped in
+    # afterwards (even with the file hashes rewritten, or verify=False) does not match it.
+    for what, key, got, fix in (("vocab.json", "vocab_sha256", vocab, "vocabulary"),
+                                ("config.json's model config", "model_config_sha256", config["model"], "config")):
+        recorded = manifest.get(key)
+        if recorded is None:
+            raise ExportError(f"{mpath} records no {key}; re-export the model with `grn-jax export`")
+        if canonical_sha256(got) != recorded:
+            raise ExportError(f"{root}: {what} (sha256 {canonical_sha256(got)[:12]}) is not the {fix} it was exported "
+                              f"with ({key} {str(recorded)[:12]} in {MANIFEST}); re-export the model")
     for what, want, got in (("vocabulary", expect_vocab, vocab),
                             ("model config", expect_model_config, config["model"])):
         if want is not None and canonical_sha256(want) != canonical_sha256(got):

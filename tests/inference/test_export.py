@@ -13,7 +13,7 @@ import pytest
 
 from grn_jax.cli import main
 from grn_jax.data import ShardStore, collate
-from grn_jax.inference import ExportError, batch_arrays, input_names, load_export, load_model
+from grn_jax.inference import ExportError, batch_arrays, export_model, input_names, load_export, load_model
 from grn_jax.inference.model_fn import jitted_inference_fn
 from grn_jax.testing import assert_allclose
 
@@ -202,6 +202,88 @@ def test_mismatched_vocabulary_config_or_checkpoint_is_refused(exported, pretrai
     (swapped / "export.json").write_text(json.dumps(manifest))
     with pytest.raises(ExportError, match="vocab.json has 31 tokens but the model was built for gene_vocab_size=33"):
         load_export(swapped)
+
+
+def _rehash(folder):
+    from grn_jax.inference.serving import hash_tree
+
+    manifest = json.loads((folder / "export.json").read_text())
+    manifest["files"] = hash_tree(folder)
+    (folder / "export.json").write_text(json.dumps(manifest))
+
+
+def test_swapped_vocabulary_or_config_is_refused_by_the_manifest_hashes(exported, pretrained, tmp_path):
+    # same size as the real vocabulary, file hashes rewritten: only vocab_sha256 can tell
+    swapped = _copy(exported, tmp_path / "swapped")
+    renamed = {**pretrained.vocab.to_dict(), "genes": [g + "_x" for g in pretrained.vocab.genes]}
+    (swapped / "vocab.json").write_text(json.dumps(renamed))
+    _rehash(swapped)
+    with pytest.raises(ExportError, match=r"vocab.json \(sha256 \w+\) is not the vocabulary it was exported with"):
+        load_export(swapped)
+    with pytest.raises(ExportError, match="is not the vocabulary"):
+        load_export(swapped, verify=False)
+    edited = _copy(exported, tmp_path / "edited")
+    config = json.loads((edited / "config.json").read_text())
+    config["model"]["diffusion_beta"] = 7.5
+    (edited / "config.json").write_text(json.dumps(config))
+    _rehash(edited)
+    with pytest.raises(ExportError, match="model config .* is not the config it was exported with"):
+        load_export(edited)
+
+
+def test_served_inputs_out_of_range_are_refused(exported, toy_run, pretrained):
+    store = ShardStore(toy_run["shards"])
+    batch = collate([store.cell(i) for i in range(3)], store.bin_spec, store.seq_buckets, store.edge_buckets)
+    arrays = [np.asarray(a) for a in batch_arrays(batch.tokens, False)]
+    model = load_export(exported)
+    cls, _, _ = model(*arrays)
+    assert np.isfinite(np.asarray(cls)).all()
+    n_tokens = len(pretrained.vocab)
+    n_bin_ids = pretrained.model_config.n_bins + 3
+
+    def with_value(name, value):
+        out = [a.copy() for a in arrays]
+        out[model.input_names.index(name)][0, 1] = value
+        return out
+
+    with pytest.raises(ValueError, match=rf"input gene_ids has 1 value\(s\) outside \[0, {n_tokens}\) \(e.g. {n_tokens}\)"):
+        model(*with_value("gene_ids", n_tokens))
+    with pytest.raises(ValueError, match=rf"input bins has 1 value\(s\) outside \[0, {n_bin_ids}\) \(e.g. -1\)"):
+        model(*with_value("bins", -1))
+    with pytest.raises(ValueError, match=r"input senders has 1 value\(s\) outside \[0, 32\)"):
+        model(*with_value("senders", 32))
+    short = list(arrays)
+    short[model.input_names.index("bins")] = arrays[1][:, :-1]
+    with pytest.raises(ValueError, match=r"input bins has shape \(3, 31\), expected \(3, 32\)"):
+        model(*short)
+    # the unchecked path is what the check prevents: a NaN embedding for the bad cell only
+    cls_bad, _, _ = model(*with_value("gene_ids", n_tokens), check=False)
+    assert np.isnan(np.asarray(cls_bad)[0]).any() and np.isfinite(np.asarray(cls_bad)[1:]).all()
+
+
+def test_overwrite_replaces_only_an_export(exported, toy_run, tmp_path):
+    # a folder that merely contains params/ (the old rule) is not an export: refused, nothing deleted
+    lookalike = tmp_path / "lookalike"
+    (lookalike / "params").mkdir(parents=True)
+    (lookalike / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="--overwrite refuses .*lookalike: it is not a grn_jax export folder"):
+        export_model(toy_run["run"], lookalike, overwrite=True, log=lambda m: None)
+    assert (lookalike / "notes.txt").read_text() == "mine" and (lookalike / "params").is_dir()
+    # an export with an unrelated file added: refused, the file kept
+    crowded = _copy(exported, tmp_path / "crowded")
+    (crowded / "serving" / "results.csv").write_text("1,2\n")
+    with pytest.raises(ValueError, match=r"holds 1 file\(s\) that are not part of the export \(serving/results.csv\)"):
+        export_model(toy_run["run"], crowded, overwrite=True, log=lambda m: None)
+    assert (crowded / "serving" / "results.csv").is_file()
+    # the CLI reports it as a one-line usage error
+    assert main(["export", "--checkpoint", str(toy_run["run"]), "--out", str(lookalike), "--overwrite"]) == 2
+    # a genuine export is replaced
+    again = _copy(exported, tmp_path / "again")
+    (again / "model_card.md").write_text("stale")
+    export_model(toy_run["run"], again, overwrite=True, log=lambda m: None)
+    assert (again / "model_card.md").read_text() != "stale"
+    load_export(again)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "crowded", "lookalike"]
 
 
 def test_corrupted_checkpoint_is_refused(toy_run, tmp_path):
