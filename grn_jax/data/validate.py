@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,8 +22,12 @@ def check_gene_names(gene_names: Sequence[str], where: str = "var_names") -> Non
 
 
 def check_block(block: sp.csr_matrix, row_offset: int, cell_names: Sequence[str], gene_names: Sequence[str], *,
-                expect_counts: bool, integer_tolerance: float = 0.0, where: str = "X") -> None:
-    """Raise on non-finite, negative or (when counts are expected) non-integer stored values of a CSR block."""
+                expect_counts: bool, integer_tolerance: float = 0.0, where: str = "X",
+                counts_fix: Optional[str] = None) -> None:
+    """Raise on non-finite, negative or (when counts are expected) non-integer stored values of a CSR block.
+
+    counts_fix: what the user should do about non-integer values (default: prepare's ingest options).
+    """
     data = block.data
     if data.size == 0:
         return
@@ -48,6 +52,35 @@ def check_block(block: sp.csr_matrix, row_offset: int, cell_names: Sequence[str]
     if expect_counts and np.issubdtype(data.dtype, np.floating):
         bad = np.abs(data - np.rint(data)) > integer_tolerance
         if bad.any():
-            raise ValueError(f"non-integer value in {where} where raw counts are expected: {locate(bad)}; point "
-                             "ingest at the counts (ingest.layer / ingest.use_raw) or set "
-                             "ingest.normalized_input=True for already-normalised data")
+            fix = counts_fix or ("point ingest at the counts (ingest.layer / ingest.use_raw) or set "
+                                 "ingest.normalized_input=True for already-normalised data")
+            raise ValueError(f"non-integer value in {where} where raw counts are expected: {locate(bad)}; {fix}")
+
+
+def check_counts_matrix(matrix, gene_names: Sequence[str], cell_names: Sequence[str], *, where: str = "X",
+                        expect_counts: bool = True, counts_fix: Optional[str] = None,
+                        chunk_cells: int = 4096) -> None:
+    """The checks `prepare` makes, for a whole in-memory matrix (cells x genes; `grn infer`, `grn assign`).
+
+    Raises on: no cells, no genes or duplicate gene names, non-finite / negative /
+    (when counts are expected) non-integer values, an all-zero matrix. Reads in row
+    chunks, so a dense matrix is never copied whole.
+    """
+    n_cells, n_genes = int(matrix.shape[0]), int(matrix.shape[1])
+    if n_cells == 0:
+        raise ValueError(f"{where} has no cells (0 rows); give a file with cells")
+    check_gene_names(gene_names, f"{where} gene names")
+    if len(gene_names) != n_genes or len(cell_names) != n_cells:
+        raise ValueError(f"{where} is {n_cells} x {n_genes} but has {len(cell_names)} cell and {len(gene_names)} "
+                         "gene names")
+    nnz = 0
+    for start in range(0, n_cells, chunk_cells):
+        block = matrix[start:start + chunk_cells]
+        block = sp.csr_matrix(block if sp.issparse(block) else np.asarray(block))
+        block.eliminate_zeros()
+        check_block(block, start, cell_names, gene_names, expect_counts=expect_counts, where=where,
+                    counts_fix=counts_fix)
+        nnz += block.nnz
+    if nnz == 0:
+        raise ValueError(f"{where} ({n_cells} cells x {n_genes} genes) is all zeros; point at the layer that holds "
+                         "the counts")

@@ -16,10 +16,15 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from grn_jax._io import check_out_dir
+from grn_jax.data.ingest import read_h5ad
+from grn_jax.data.validate import check_counts_matrix
 from grn_jax.graphs.celltype_networks import POOLED, CellTypeNetworks, infer_cell_type_networks
 from grn_jax.graphs.network_io import read_network, write_network
 
 PathLike = Union[str, os.PathLike]
+_COUNTS_FIX = ("networks are inferred from raw counts (normalised inside): pass --layer naming the layer that "
+               "holds them")
 
 
 def _safe_name(name: str, used: set) -> str:
@@ -85,7 +90,10 @@ def infer_networks_to_dir(data_path: PathLike, out_dir: PathLike, *, cell_type_k
 
     from grn_jax.resources import read_gene_list
 
-    adata = ad.read_h5ad(data_path)
+    check_out_dir(out_dir)  # before the (long) inference
+    adata = read_h5ad(data_path)
+    check_counts_matrix(_counts(adata, kwargs.get("layer")), adata.var_names, adata.obs_names,
+                        where=f"{data_path} {kwargs.get('layer') or 'X'}", counts_fix=_COUNTS_FIX)
     regulators = read_gene_list(regulators_path) if regulators_path else None
     result = infer_cell_type_networks(adata, cell_type_key=cell_type_key, regulators=regulators, **kwargs)
     write_cell_type_networks(result, out_dir, fmt, cell_names=adata.obs_names)
@@ -109,14 +117,17 @@ def assign_networks_to_dir(net_dir: PathLike, train_path: PathLike, query_path: 
     cell x type), cell_edges.parquet (cell, regulator, target, weight: each
     query cell's integrated network among its expressed genes) and report.json.
     """
-    import anndata as ad
     import scipy.sparse as sp
 
     from grn_jax.graphs.integration import assign_networks
 
+    check_out_dir(out_dir)
     nets, labels = read_cell_type_networks(net_dir)
-    train = ad.read_h5ad(train_path)
-    query = ad.read_h5ad(query_path)
+    train = read_h5ad(train_path, what="--train file")
+    query = read_h5ad(query_path, what="query file")
+    for path, a in ((train_path, train), (query_path, query)):
+        check_counts_matrix(_counts(a, layer), a.var_names, a.obs_names, where=f"{path} {layer or 'X'}",
+                            counts_fix=_COUNTS_FIX)
     lab = labels.set_index("cell")["cell_type"]
     missing = ~train.obs_names.isin(lab.index)
     if missing.all():
