@@ -16,7 +16,12 @@ Node features H, one method each, all on the same pairs:
 - `vanilla`: the same for a vanilla-attention checkpoint (the graph ablation);
 - `expression`: raw expression — the gene's log-normalised value in the cell and its
   expression profile over the training cells, reduced by PCA to the model width;
-- `graph_only`: no node features (the Ã terms alone): what the embeddings add.
+- `graph_only`: no node features (the Ã terms alone): what the embeddings add;
+- `random_init`: the checkpoint's architecture and seed at initialisation
+  (`grn_jax.tasks.controls`): what pretraining added.
+
+Only cells pretraining never trained on are evaluated, and no cell's graph is chosen
+by an obs label (pooled network or GREmLN kNN graph integration).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from sklearn.preprocessing import StandardScaler
 
 from grn_jax.inference.checkpoint import Pretrained
 from grn_jax.inference.graph_sources import GraphSpec
+from grn_jax.tasks.controls import (RANDOM_INIT, check_label_free_graph, check_reference_disjoint,
+                                    random_init_model, unseen_mask)
 from grn_jax.tasks.features import load_checkpoint, read_data
 from grn_jax.tasks.metrics import bootstrap_ci, ranking_scores
 from grn_jax.tasks.results import TaskResult
@@ -131,7 +138,7 @@ def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, o
     """
     from grn_jax.data.ingest import open_counts
     from grn_jax.inference.graph_sources import build_graph_source, check_graph_matches_training
-    from grn_jax.inference.model_fn import batch_arrays, jitted_inference_fn
+    from grn_jax.inference.model_fn import batch_arrays, call_rows, jitted_inference_fn
     from grn_jax.inference.tokens import TrainingTokenizer
 
     if not 0.0 < mask_fraction < 1.0:
@@ -156,7 +163,7 @@ def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, o
     for start, block in src.chunks(4096):
         t = tok.tokenize(block, start, col_ids, src, ingest=ingest, graph_source=gsrc)
         counts["cells_without_tokens"] += int((t.lengths == 0).sum())
-        for batch, pos in tok.batches(t, batch_size):
+        for batch, pos in tok.batches(t, call_rows(batch_size)):
             tb = batch.tokens
             g = tb.graph
             edge_mask = np.array(g.edge_mask)
@@ -184,11 +191,11 @@ def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, o
                                               negatives, {}, {})))
             masked = tb.replace(graph=g.replace(edge_mask=edge_mask))
             for m, fn in fns.items():
-                _, _, hidden_BxSxD = jax.device_get(fn(models[m].params, *batch_arrays(masked, False)))
+                _, mean_BxD, hidden_BxSxD = jax.device_get(fn(models[m].params, *batch_arrays(masked, False)))
                 for r, cell in pending:
                     h_NxD = np.asarray(hidden_BxSxD[r, 1:len(cell.gene_ids) + 1], np.float32)
                     cell.hidden[m] = h_NxD[cell.positions - 1]
-                    cell.mean[m] = h_NxD.mean(0)
+                    cell.mean[m] = np.asarray(mean_BxD[r], np.float32)  # the model's own mean pooling
             cells += [c for _, c in pending]
     src.close()
     return cells, counts
@@ -299,31 +306,46 @@ def evaluate_edge_prediction(checkpoint: Union[str, Path, Pretrained], data: Uni
                              graph: GraphSpec, vanilla: Union[str, Path, Pretrained, None] = None,
                              mask_fraction: float = 0.15, test_fraction: float = 0.3, n_boot: int = 200,
                              max_cells: Optional[int] = 1000,
-                             level: float = 0.95, batch_size: int = 32, seed: int = 0,
-                             log: Callable[[str], None] = print) -> TaskResult:
+                             level: float = 0.95, batch_size: int = 32, seed: int = 0, random_init: bool = True,
+                             pretraining_cells=None, log: Callable[[str], None] = print) -> TaskResult:
     """Masked edge prediction (module docstring); returns a `TaskResult` named "edge_prediction".
 
     `max_cells`: evaluate a seeded random sample of at most this many cells (the pair
     dataset grows with cells x edges); None = all. The rest are counted as not sampled.
+    `pretraining_cells`: names of the cells the checkpoint trained on, when its shards
+    are not at hand (default: read from the run). `random_init=False` drops that row.
     """
+    check_label_free_graph(graph, "edge prediction")
     adata = read_data(data)
+    pre = load_checkpoint(checkpoint)
+    unseen, seen_report = unseen_mask(pre, adata.obs_names, pretraining_cells)
+    if not unseen.any():
+        raise ValueError(f"edge prediction: all {adata.n_obs} cells of the data were in the pretraining set of "
+                         f"{pre.run_dir}; evaluate on cells it never saw")
+    if not unseen.all():
+        log(f"edge prediction: {int((~unseen).sum())} of {adata.n_obs} cells were in the pretraining set; left out")
+        adata = adata[unseen].copy()
+    check_reference_disjoint(graph, adata.obs_names, "edge prediction")
     n_all = adata.n_obs
     if max_cells is not None and n_all > max_cells:
         pick = np.sort(np.random.default_rng([seed, 1]).choice(n_all, max_cells, replace=False))
         adata = adata[pick].copy()
-    pre = load_checkpoint(checkpoint)
     van = load_checkpoint(vanilla)
-    cells, counts = masked_cells(pre, adata, graph=graph, others=None if van is None else {"vanilla": van},
+    others = {} if van is None else {"vanilla": van}
+    if random_init:
+        others[RANDOM_INIT] = random_init_model(pre)
+    cells, counts = masked_cells(pre, adata, graph=graph, others=others or None,
                                  mask_fraction=mask_fraction, batch_size=batch_size, seed=seed)
     counts["cells_used"] = len(cells)
     counts["cells_not_sampled"] = int(n_all - adata.n_obs)
+    counts["cells_seen_in_pretraining"] = seen_report["cells_seen_in_pretraining"]
     log(f"edge prediction: {len(cells)} cells with edges to hide ({counts['cells_with_fewer_than_2_edges']} with "
         f"fewer than 2 edges and {counts['cells_without_tokens']} without tokens left out)")
     table, details = edge_scores(cells, test_fraction=test_fraction, n_boot=n_boot, level=level, seed=seed,
                                  expression_dim=pre.model_config.d_model)
     settings = {"checkpoint": pre.run_dir, "vanilla": None if van is None else van.run_dir,
                 "mask_fraction": mask_fraction, "test_fraction": test_fraction, "n_boot": n_boot, "level": level,
-                "max_cells": max_cells,
+                "max_cells": max_cells, "random_init": bool(random_init), "pretraining_cells": seen_report,
                 "seed": seed, "predictor": "standardise + logistic regression on [H_i*H_j, |H_i-H_j|, Ã degree "
                 "sum/product, common Ã-neighbours]", "ci": "percentile bootstrap over test cells"}
     return TaskResult("edge_prediction", {"held_out_cells": table}, counts, settings, details)

@@ -8,7 +8,10 @@ and the pooled R² of all (cell, gene) values (the paper's scatter plot).
 
 Baseline in the same run: the same probe from the top-D principal components of
 the expression itself (D = the embedding width, PCA fitted on the training cells)
-— what a linear code of the same size keeps.
+— what a linear code of the same size keeps. Control: `random_init`, the same
+architecture and seed at initialisation (`grn_jax.tasks.controls`). Only cells
+pretraining never trained on are probed, and no cell's graph is chosen by an obs
+label (pooled network or kNN graph integration).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from sklearn.preprocessing import StandardScaler
 
 from grn_jax.inference.checkpoint import Pretrained
 from grn_jax.inference.graph_sources import GraphSpec
+from grn_jax.tasks.controls import (RANDOM_INIT, check_label_free_graph, check_reference_disjoint,
+                                    random_init_model, unseen_mask)
 from grn_jax.tasks.features import cell_embeddings, graph_for, load_checkpoint, log_normalized, read_data
 from grn_jax.tasks.metrics import summarize
 from grn_jax.tasks.results import TaskResult
@@ -77,12 +82,33 @@ def evaluate_probe(checkpoint: Union[str, Path, Pretrained], data: Union[str, Pa
                    graph: GraphSpec = GraphSpec(), vanilla: Union[str, Path, Pretrained, None] = None,
                    vanilla_graph: Optional[GraphSpec] = None, n_genes: int = 50, n_splits: int = 3,
                    test_fraction: float = 0.2, pooling: str = "mean", layer: Optional[str] = None,
-                   batch_size: int = 64, seed: int = 0, log: Callable[[str], None] = print) -> TaskResult:
-    """Expression probe (see the module docstring); returns a `TaskResult` named "probe"."""
+                   batch_size: int = 64, seed: int = 0, random_init: bool = True,
+                   pretraining_cells=None, log: Callable[[str], None] = print) -> TaskResult:
+    """Expression probe (see the module docstring); returns a `TaskResult` named "probe".
+
+    `pretraining_cells`: names of the cells the checkpoint trained on, when its shards
+    are not at hand (default: read from the run). `random_init=False` drops that row.
+    """
+    check_label_free_graph(graph, "probe")
+    if vanilla_graph is not None:
+        check_label_free_graph(vanilla_graph, "probe (vanilla_graph)")
     adata = read_data(data)
+    n_input = int(adata.n_obs)
     pre = load_checkpoint(checkpoint)
+    unseen, seen_report = unseen_mask(pre, adata.obs_names, pretraining_cells)
+    if not unseen.any():
+        raise ValueError(f"probe: all {n_input} cells of the data were in the pretraining set of {pre.run_dir}; "
+                         "evaluate on cells it never saw")
+    if not unseen.all():
+        log(f"probe: {int((~unseen).sum())} of {n_input} cells were in the pretraining set; left out")
+        adata = adata[unseen].copy()
+    check_reference_disjoint(graph, adata.obs_names, "probe")
     emb, ok = cell_embeddings(pre, adata, graph=graph, pooling=pooling, batch_size=batch_size)
     feats = {"grn_jax": emb}
+    if random_init:
+        feats[RANDOM_INIT], r_ok = cell_embeddings(random_init_model(pre), adata, graph=graph, pooling=pooling,
+                                                   batch_size=batch_size)
+        ok &= r_ok
     van = load_checkpoint(vanilla)
     if van is not None:
         feats["vanilla"], v_ok = cell_embeddings(van, adata, graph=vanilla_graph or graph_for(van, graph),
@@ -95,9 +121,11 @@ def evaluate_probe(checkpoint: Union[str, Path, Pretrained], data: Union[str, Pa
                                   n_splits=n_splits, test_fraction=test_fraction, seed=seed,
                                   pca_baseline_dim=emb.shape[1])
     details["gene_names_split0"] = adata.var_names[details["genes_split0"]].tolist()
-    counts = {"cells": int(adata.n_obs), "cells_without_embedding": int((~ok).sum()), "cells_used": int(len(idx))}
+    counts = {"cells": n_input, "cells_seen_in_pretraining": seen_report["cells_seen_in_pretraining"],
+              "cells_without_embedding": int((~ok).sum()), "cells_used": int(len(idx))}
     settings = {"checkpoint": pre.run_dir, "vanilla": None if van is None else van.run_dir, "n_genes": n_genes,
                 "n_splits": n_splits, "test_fraction": test_fraction, "pooling": pooling, "seed": seed,
                 "probe": "standardise + ridge (alpha=1) -> log1p(CP10k) of the most variable genes",
-                "baseline": f"expression_pca: top-{emb.shape[1]} PCs of the expression, same probe"}
+                "baseline": f"expression_pca: top-{emb.shape[1]} PCs of the expression, same probe",
+                "random_init": bool(random_init), "pretraining_cells": seen_report}
     return TaskResult("probe", {"reconstruction": table}, counts, settings, details)

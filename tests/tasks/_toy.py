@@ -30,8 +30,17 @@ def simulated(n_cells: int = 160, seed: int = 0):
                     seed=seed)
 
 
-def make_run(root: Path, sim, *, attention: str = "diffusion", name: str = "run", model: dict | None = None) -> dict:
-    """Shards from `sim` (its true network as every cell's graph) and an initial checkpoint."""
+def pretraining_cells(n_cells: int = 160, seed: int = 1):
+    """Other simulated cells (same genes, names `pre0..`) to pretrain on, so every cell of `simulated()` is unseen."""
+    adata = simulated(n_cells=n_cells, seed=seed).adata
+    adata.obs_names = [f"pre{i}" for i in range(adata.n_obs)]
+    return adata
+
+
+def make_run(root: Path, sim, *, attention: str = "diffusion", name: str = "run", model: dict | None = None,
+             train_adata=None, val_fraction: float = 0.0) -> dict:
+    """Shards from `train_adata` (default `sim.adata`; `sim`'s true network as every cell's graph) and an
+    initial checkpoint; `val_fraction` of the shards' cells are the run's validation split."""
     from grn_jax.config import build_run_config
     from grn_jax.data import prepare
     from grn_jax.graphs.network_io import write_network
@@ -42,15 +51,16 @@ def make_run(root: Path, sim, *, attention: str = "diffusion", name: str = "run"
         write_network(sim.network, net_path)
     shards = root / "shards"
     if not (shards / "manifest.json").exists():  # runs of one root share the tokenised cells
-        prepare(sim.adata, shards, data_config(), graph=sim.network, overwrite=True)
+        prepare(sim.adata if train_adata is None else train_adata, shards, data_config(), graph=sim.network,
+                overwrite=True)
     cfg = build_run_config({
         "name": name, "data": {"shards": str(shards), "shuffle": False},
         "model": {"preset": "tiny", "n_bins": 8, "d_model": 16, "n_layers": 1, "n_heads": 2, "mlp_dim": 16,
                   "attention": attention, **(model or {})},
         "train": {"run_dir": str(root / name), "steps": 1, "batch_size": 8, "eval_every": 0,
                   "checkpoint_every": 1, "tensorboard": False, "progress": False, "async_checkpoint": False,
-                  "val_fraction": 0.0},
+                  "val_fraction": val_fraction},
         "mesh": {"data": -1},
     })
     save_initial_checkpoint(cfg)
-    return {"run": root / name, "network": net_path}
+    return {"run": root / name, "network": net_path, "config": cfg}

@@ -27,7 +27,7 @@ def test_annotation_matches_an_independent_refit_and_baselines_differ(runs, sim)
     r = evaluate_annotation(runs["gdka"], sim.adata, label_key="cell_type", graph=runs["graph"],
                             vanilla=runs["vanilla"], batch_size=32, **QUIET)
     table = r.metrics["all"]
-    assert set(table) == {"grn_jax", "vanilla", "pca_logreg"}
+    assert set(table) == {"grn_jax", "random_init", "vanilla", "pca_logreg", "majority", "chance"}
     for row in table.values():
         for k in ("precision", "recall", "macro_f1"):
             assert 0.0 <= row[k]["mean"] <= 1.0 and row[k]["n"] == 3
@@ -79,7 +79,7 @@ def test_edge_prediction_end_to_end(runs, sim):
     r = evaluate_edge_prediction(runs["gdka"], sim.adata, graph=runs["graph"], vanilla=runs["vanilla"],
                                  n_boot=50, batch_size=32, **QUIET)
     table = r.metrics["held_out_cells"]
-    assert set(table) == {"grn_jax", "vanilla", "expression", "graph_only"}
+    assert set(table) == {"grn_jax", "random_init", "vanilla", "expression", "graph_only"}
     for row in table.values():
         for k in ("auroc", "ap"):
             lo, hi = row[k]["ci"]
@@ -92,7 +92,7 @@ def test_edge_prediction_end_to_end(runs, sim):
 def test_probe_end_to_end(runs, sim):
     r = evaluate_probe(runs["gdka"], sim.adata, graph=runs["graph"], n_genes=20, n_splits=2, batch_size=32, **QUIET)
     table = r.metrics["reconstruction"]
-    assert set(table) == {"grn_jax", "expression_pca"}
+    assert set(table) == {"grn_jax", "random_init", "expression_pca"}
     assert table["expression_pca"]["r2"]["mean"] > table["grn_jax"]["r2"]["mean"] - 1.0  # both finite numbers
     assert all(np.isfinite(v) for row in table.values() for m in row.values() for v in m["values"])
     assert len(r.details["gene_names_split0"]) == 20
