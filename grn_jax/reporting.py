@@ -25,6 +25,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from grn_jax._io import atomic_write_text, check_out_dir, read_json
+
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 TASK_ORDER = ("annotation", "edge_prediction", "probe", "reverse_perturbation", "perturbation_response", "attention")
@@ -231,9 +233,9 @@ def _umap_section(doc: Doc, embedded: Optional[Path], label_key: str, embedding_
         doc.para(f"not available: pass --embedded with an .h5ad from `grn-jax embed DATA --checkpoint {run_dir} "
                  "--out EMBEDDED.h5ad`")
         return None
-    import anndata
+    from grn_jax.data.ingest import read_h5ad
 
-    ad = anndata.read_h5ad(embedded, backed="r")
+    ad = read_h5ad(embedded, backed="r", what="--embedded file")
     if embedding_key not in ad.obsm:
         raise ValueError(f"report: {embedded} has no obsm[{embedding_key!r}] (obsm keys: {list(ad.obsm)}); "
                          "pass --embedding-key or embed the data with `grn-jax embed`")
@@ -257,6 +259,10 @@ def _task_section(doc: Doc, task: str, result: dict, out: Path) -> list:
         doc.para("counts: " + json.dumps(result["counts"], default=str))
     figures, details = [], result.get("details") or {}
     if task == "annotation":
+        for setting, methods in result["metrics"].items():
+            line = controls_line(methods)
+            if line:
+                doc.para(f"{setting}: {line}")
         for setting, d in details.items():
             if isinstance(d, dict) and d.get("confusion_split0"):
                 name = f"confusion_{setting}.png"
@@ -273,6 +279,21 @@ def _task_section(doc: Doc, task: str, result: dict, out: Path) -> list:
         doc.image("tf_attention.png", "TF attention distribution")
         figures.append("tf_attention.png")
     return figures
+
+
+CONTROL_ORDER = ("grn_jax", "vanilla", "random_init", "pca_logreg", "majority", "chance")
+
+
+def controls_line(methods: dict, metric: str = "macro_f1") -> Optional[str]:
+    """'macro_f1 (mean over splits): grn_jax 0.41, random_init 0.25, ...; grn_jax - random_init = +0.16' or None."""
+    got = {m: methods[m][metric]["mean"] for m in CONTROL_ORDER
+           if isinstance(methods.get(m, {}).get(metric), dict) and "mean" in methods[m][metric]}
+    if "grn_jax" not in got or len(got) < 2:
+        return None
+    parts = ", ".join(f"{m} {v:.3f}" for m, v in got.items())
+    diffs = "; ".join(f"grn_jax - {m} = {got['grn_jax'] - got[m]:+.3f}" for m in ("random_init", "pca_logreg",
+                                                                                 "chance") if m in got)
+    return f"{metric} (mean over splits): {parts}" + (f"; {diffs}" if diffs else "")
 
 
 @dataclasses.dataclass
@@ -297,7 +318,7 @@ def write_report(run_dir, *, out_dir=None, eval_dir=None, embedded=None, label_k
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"report: run directory {run_dir} does not exist")
-    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out = check_out_dir(out_dir, "--out") if out_dir is not None else run_dir / "report"
     eval_dir = Path(eval_dir) if eval_dir is not None else run_dir / "eval"
     embedded = Path(embedded) if embedded is not None else None
     if embedded is not None and not embedded.is_file():
@@ -308,7 +329,7 @@ def write_report(run_dir, *, out_dir=None, eval_dir=None, embedded=None, label_k
     doc.para(f"run directory: {run_dir.resolve()}")
     prov = run_dir / "provenance.json"
     if prov.is_file():
-        p = json.loads(prov.read_text())
+        p = read_json(prov, "provenance file")
         rows = [[k, str(p[k])] for k in ("time_utc", "git_commit", "jax_version", "n_params", "cpu_model") if k in p]
         if isinstance(p.get("devices"), dict):
             rows.append(["devices", f"{p['devices'].get('n_devices')} x {p['devices'].get('backend')}"])
@@ -324,7 +345,10 @@ def write_report(run_dir, *, out_dir=None, eval_dir=None, embedded=None, label_k
     found = {p.stem: p for p in sorted(eval_dir.glob("*.json"))} if eval_dir.is_dir() else {}
     tasks = [t for t in TASK_ORDER if t in found] + sorted(set(found) - set(TASK_ORDER))
     for task in tasks:
-        result = json.loads(found[task].read_text())
+        try:
+            result = read_json(found[task], "evaluation result")
+        except ValueError:
+            result = None
         if not isinstance(result, dict) or result.get("task") != task or "metrics" not in result:
             log(f"report: {found[task]} is not a `grn-jax eval` result; left out")
             missing.append(f"{task} (unreadable)")
@@ -337,11 +361,31 @@ def write_report(run_dir, *, out_dir=None, eval_dir=None, embedded=None, label_k
             doc.heading(2, f"Evaluation: {task}")
             doc.para(f"not available: run `grn-jax eval {task} DATA --checkpoint {run_dir} --out {eval_dir} ...`")
     md, page = out / REPORT_MD, out / REPORT_HTML
-    md.write_text(doc.markdown())
-    page.write_text(doc.html(f"grn_jax report {run_dir.name}"))
+    atomic_write_text(md, doc.markdown())
+    atomic_write_text(page, doc.html(f"grn_jax report {run_dir.name}"))
     report = Report(str(md), str(page), figures, sections, missing)
     log(report.to_text())
     return report
+
+
+def write_training_reference(run_dir, counts_h5ad, out_path) -> Path:
+    """Write the cells of `counts_h5ad` that the run trained on to `out_path` (atomically): the kNN graph
+    integration reference for evaluating the others (`grn_jax.tasks.controls.pretraining_cells`)."""
+    import anndata
+
+    from grn_jax.inference import load_model
+    from grn_jax.tasks.controls import pretraining_cells
+
+    adata = anndata.read_h5ad(counts_h5ad)
+    train = adata.obs_names.isin(pretraining_cells(load_model(run_dir)).train)
+    if not train.any():
+        raise ValueError(f"none of the cells of {counts_h5ad} is a training cell of {run_dir}; pass the counts "
+                         "file the run's shards were prepared from")
+    from grn_jax._io import atomic_path
+
+    with atomic_path(out_path) as tmp:
+        adata[train].copy().write_h5ad(tmp)
+    return Path(out_path)
 
 
 def quickstart_report(out_dir, run_dir, embedded, *, echo: Callable[[str], None] = print) -> Report:
@@ -349,7 +393,10 @@ def quickstart_report(out_dir, run_dir, embedded, *, echo: Callable[[str], None]
 
     Annotation, masked edge prediction and TF attention on the bundled PBMCs (the
     quickstart's counts file and per-cell-type networks), small settings for a CPU,
-    written to RUN_DIR/eval; then `write_report` into RUN_DIR/report.
+    written to RUN_DIR/eval; then `write_report` into RUN_DIR/report. The tasks
+    score only the cells pretraining never trained on; their graphs come from
+    GREmLN's kNN graph integration with the training cells as the reference
+    (written to OUT/eval_reference.h5ad), never from their own labels.
     """
     from grn_jax.inference.graph_sources import GraphSpec
     from grn_jax.tasks import evaluate_annotation, evaluate_attention, evaluate_edge_prediction
@@ -358,7 +405,8 @@ def quickstart_report(out_dir, run_dir, embedded, *, echo: Callable[[str], None]
     counts = out / "pbmc68k_counts.h5ad"
     graph = GraphSpec()
     if (out / "networks" / "summary.json").is_file():
-        graph = GraphSpec(networks_dir=str(out / "networks"), cell_type_column="cell_type")
+        graph = GraphSpec(networks_dir=str(out / "networks"),
+                          reference=str(write_training_reference(run_dir, counts, out / "eval_reference.h5ad")))
     eval_dir = run_dir / "eval"
     echo(f"== evaluating {run_dir} on the bundled PBMCs (annotation, edge prediction, TF attention) ==")
     quiet = {"log": lambda s: None}

@@ -312,15 +312,20 @@ def simulate_to_dir(out_dir, *, overwrite: bool = False, **kwargs) -> dict:
 
     paths = {name: os.path.join(out_dir, name) for name in ("data.h5ad", "network.tsv", "edge_signs.tsv",
                                                              "summary.json")}
+    from grn_jax._io import atomic_path, atomic_write_text, check_out_dir
+
+    check_out_dir(out_dir)
     existing = [p for p in paths.values() if os.path.exists(p)]
     if existing and not overwrite:
         raise ValueError(f"{existing[0]} exists; pass overwrite=True (--overwrite) or choose another output folder")
     sim = simulate(**kwargs)
     os.makedirs(out_dir, exist_ok=True)
-    sim.adata.write_h5ad(paths["data.h5ad"])
+    with atomic_path(paths["data.h5ad"]) as tmp:
+        sim.adata.write_h5ad(tmp)
     write_network(sim.network, paths["network.tsv"])
-    pd.DataFrame({"regulator": sim.network.regulator, "target": sim.network.target, "sign": sim.sign}).to_csv(
-        paths["edge_signs.tsv"], sep="\t", index=False)
+    with atomic_path(paths["edge_signs.tsv"]) as tmp:
+        pd.DataFrame({"regulator": sim.network.regulator, "target": sim.network.target, "sign": sim.sign}).to_csv(
+            tmp, sep="\t", index=False)
     obs = sim.adata.obs
     summary = {
         "cells": int(sim.adata.n_obs), "genes": int(sim.adata.n_vars), "tfs": int(sim.adata.var["is_tf"].sum()),
@@ -330,6 +335,5 @@ def simulate_to_dir(out_dir, *, overwrite: bool = False, **kwargs) -> dict:
         "nonzero_fraction": float(sim.adata.X.nnz / max(1, sim.adata.n_obs * sim.adata.n_vars)),
         "arguments": sim.adata.uns["simulation"], "files": paths,
     }
-    with open(paths["summary.json"], "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    atomic_write_text(paths["summary.json"], json.dumps(summary, indent=2, default=str))
     return summary

@@ -59,11 +59,13 @@ class TaskResult:
 
     def write(self, out_dir) -> dict:
         """Write `<task>.json` and `<task>.md` into `out_dir`; return their paths."""
-        out = Path(out_dir)
+        from grn_jax._io import atomic_write_text, check_out_dir
+
+        out = check_out_dir(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         js, md = out / f"{self.task}.json", out / f"{self.task}.md"
-        js.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
-        md.write_text(self.to_markdown())
+        atomic_write_text(js, json.dumps(self.to_dict(), indent=2, default=_json_default))
+        atomic_write_text(md, self.to_markdown())
         return {"json": str(js), "markdown": str(md)}
 
 
