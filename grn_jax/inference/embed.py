@@ -38,7 +38,7 @@ from grn_jax.data.validate import check_gene_names
 from grn_jax.inference.checkpoint import Pretrained
 from grn_jax.inference.export import load_model
 from grn_jax.inference.graph_sources import GraphSpec, build_graph_source, check_graph_matches_training
-from grn_jax.inference.model_fn import batch_arrays, gene_embedding_table, jitted_inference_fn
+from grn_jax.inference.model_fn import batch_arrays, call_rows, gene_embedding_table, jitted_inference_fn
 from grn_jax.inference.tokens import TrainingTokenizer
 from grn_jax.inference.writers import H5adWriter, MemoryWriter
 
@@ -177,7 +177,7 @@ def embed(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, annda
                 counts[k] = counts.get(k, 0) + v
             cls_NxD = np.full((t.num_cells, d), np.nan, np.float32)
             mean_NxD = np.full((t.num_cells, d), np.nan, np.float32)
-            for batch, pos in tok.batches(t, batch_size):
+            for batch, pos in tok.batches(t, call_rows(batch_size)):
                 cls, mean, hidden = jax.device_get(fn(pre.params, *batch_arrays(batch.tokens, False)))
                 k = len(pos)
                 cls_NxD[pos], mean_NxD[pos] = cls[:k], mean[:k]

@@ -11,6 +11,15 @@ called from a process that has none of grn_jax's Python types:
     trained with one)
 
 returning (cls_BxD, mean_BxD, hidden_BxSxD).
+
+Bitwise batch independence, by construction: the function runs the model on one
+cell at a time (`jax.lax.map` over the batch, each step a [1, S] program), so a
+cell's outputs are computed by the same machine code whatever its batch-mates,
+its row in the batch or the batch size — not merely equal to within rounding
+(batched float32 matmuls block differently per shape and CPU, and differed by
+~1e-6). Callers also pad every call to a multiple of `INFERENCE_CELLS` rows
+(`call_rows`), so the loop never has a trip count of 1 (which XLA would inline
+and fuse differently) and `--batch-size` only sets how many cells go per call.
 """
 
 from __future__ import annotations
@@ -18,12 +27,21 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 from grn_jax.types import GraphBatch, TokenBatch
 
 TOKEN_ARGS = ("gene_ids", "bins", "token_mask")
 GRAPH_ARGS = ("senders", "receivers", "weights", "edge_mask")
+INFERENCE_CELLS = 8  # every inference call holds a multiple of this many rows (see the module docstring)
+
+
+def call_rows(batch_size: int) -> int:
+    """Rows of the inference call for a requested `batch_size`: rounded up to a multiple of INFERENCE_CELLS."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return -(-batch_size // INFERENCE_CELLS) * INFERENCE_CELLS
 
 
 def input_names(with_cell_graph: bool) -> tuple[str, ...]:
@@ -49,7 +67,7 @@ def batch_arrays(tokens: TokenBatch, with_cell_graph: bool) -> tuple:
 def make_inference_fn(model, with_cell_graph: bool) -> Callable:
     """fn(params, *arrays) -> (cls_BxD, mean_BxD, hidden_BxSxD), all float32."""
 
-    def fn(params, gene_ids, bins, token_mask, senders, receivers, weights, edge_mask, *cell_graph):
+    def one_cell(params, gene_ids, bins, token_mask, senders, receivers, weights, edge_mask, *cell_graph):
         zeros_BxS = jnp.zeros(gene_ids.shape, jnp.int32)
         cg = GraphBatch(*cell_graph) if with_cell_graph else None
         tokens = TokenBatch(gene_ids=gene_ids, bins=bins, targets=zeros_BxS, loss_mask=zeros_BxS.astype(bool),
@@ -58,6 +76,13 @@ def make_inference_fn(model, with_cell_graph: bool) -> Callable:
         out = model.apply({"params": params}, tokens, deterministic=True)
         return (out.cls_embedding.astype(jnp.float32), out.mean_embedding.astype(jnp.float32),
                 out.hidden.astype(jnp.float32))
+
+    def fn(params, *arrays):
+        def step(cell_arrays):  # one cell: every array [1, ...]
+            cls_1xD, mean_1xD, hidden_1xSxD = one_cell(params, *(a[None] for a in cell_arrays))
+            return cls_1xD[0], mean_1xD[0], hidden_1xSxD[0]
+
+        return jax.lax.map(step, tuple(arrays))
 
     return fn
 

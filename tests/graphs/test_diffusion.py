@@ -10,7 +10,7 @@ import scipy.linalg
 
 from grn_jax.graphs import (ChebyshevPlan, EllLayout, apply_packed, diffuse, diffuse_exact, fixed_order_heat_kernel_plan,
                             heat_kernel_plan, normalized_laplacian, pack_laplacian, pack_shifted)
-from grn_jax.testing import assert_allclose, assert_rel_close, relative_error, tolerance
+from grn_jax.testing import assert_allclose, assert_rel_close, assert_reorder_close, relative_error, tolerance
 from tests.graphs.test_laplacian import laplacian_oracle, random_graph_batch
 
 B, S, E, D = 3, 16, 24, 5
@@ -166,7 +166,8 @@ def test_batch_and_padding_invariance(problem, impl):
     qp[0, :S] = np.where(node[1][:, None], q[1], 1e30)
     nodep, clsp = _masks([N_REAL[1]], pad_s)
     more = np.asarray(_diffuse(sp, rp, wp, mp, qp, nodep, clsp, plan, impl=impl))
-    np.testing.assert_allclose(more[0, :S], ref[1], rtol=1e-6, atol=1e-7)
+    # another S / E bucket is another program: equal up to summation order (Chebyshev terms x edge slots)
+    assert_reorder_close(more[0, :S], ref[1], np.float32, n_terms=len(plan.coeffs) * pad_e)
     assert np.all(more[0, N_REAL[1]:] == 0)
 
 

@@ -62,16 +62,18 @@ def test_masked_cells_do_not_depend_on_batch_and_graph_reaches_gdka_only(runs, s
     a, counts = masked_cells(runs["gdka"], sub, graph=runs["graph"], others=others, batch_size=32, seed=3)
     b, _ = masked_cells(runs["gdka"], sub, graph=runs["graph"], others=others, batch_size=8, seed=3)
     assert counts["cells"] == 40 and len(a) == 40 - counts["cells_with_fewer_than_2_edges"]
-    tol = tolerance(np.float32)
     for ca, cb in zip(a, b):
         assert ca.row == cb.row and np.array_equal(ca.positives, cb.positives)
         assert np.array_equal(ca.negatives, cb.negatives) and np.array_equal(ca.observed, cb.observed)
-        np.testing.assert_allclose(ca.hidden["grn_jax"], cb.hidden["grn_jax"], rtol=tol.rtol, atol=tol.atol)
+        # inference runs one cell per program (lax.map): bitwise equal whatever the batch size
+        assert np.array_equal(ca.hidden["grn_jax"], cb.hidden["grn_jax"])
+        assert np.array_equal(ca.hidden["vanilla"], cb.hidden["vanilla"])
     full = {m: cell_embeddings(p, sub, graph=runs["graph"], batch_size=32)[0]
             for m, p in (("grn_jax", runs["gdka"]), ("vanilla", runs["vanilla"]))}
     rows = [c.row for c in a]
     masked_mean = {m: np.stack([c.mean[m] for c in a]) for m in full}
-    np.testing.assert_allclose(masked_mean["vanilla"], full["vanilla"][rows], rtol=tol.rtol, atol=tol.atol)
+    # same compiled program, same tokens; vanilla never reads the edges: bitwise equal
+    assert np.array_equal(masked_mean["vanilla"], full["vanilla"][rows])
     assert np.abs(masked_mean["grn_jax"] - full["grn_jax"][rows]).max() > 1e-4
 
 
