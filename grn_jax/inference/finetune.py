@@ -100,10 +100,9 @@ class FinetuneResult:
 def _obs(data) -> "anndata.AnnData.obs":
     if isinstance(data, anndata.AnnData):
         return data.obs
-    path = Path(data)
-    if not path.is_file():
-        raise ValueError(f"input file {str(path)!r} does not exist")
-    ad = anndata.read_h5ad(path, backed="r")
+    from grn_jax.data.ingest import read_h5ad
+
+    ad = read_h5ad(Path(data), backed="r")
     try:
         return ad.obs.copy()
     finally:

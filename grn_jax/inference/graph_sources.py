@@ -98,15 +98,14 @@ def build_graph_source(spec: GraphSpec, vocab: GeneVocab, src: CountsSource, chu
 def _integrated_source(spec: GraphSpec, nets: dict, labels, vocab: GeneVocab, src: CountsSource,
                        chunk_cells: int, log) -> tuple[GraphSource, dict]:
     """kNN graph integration (GREmLN §4.2) with the query posterior computed chunk by chunk."""
-    import anndata as ad
-
+    from grn_jax.data.ingest import read_h5ad
     from grn_jax.graphs.celltype_networks import POOLED
     from grn_jax.graphs.integration import (ExpressionEmbedding, IntegratedNetworkSource, KnnTypePosterior,
                                             edge_exclusion)
 
     nets = {t: n for t, n in nets.items() if t != POOLED}
     excl = edge_exclusion(nets)
-    ref = ad.read_h5ad(spec.reference)
+    ref = read_h5ad(spec.reference, what="--reference file")
     lab = labels.set_index("cell")["cell_type"]
     known = ref.obs_names.isin(lab.index)
     if not known.any():

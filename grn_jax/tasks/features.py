@@ -35,10 +35,9 @@ def read_data(data: Union[str, Path, anndata.AnnData]) -> anndata.AnnData:
     """The evaluation AnnData, in memory (tasks fit classifiers on all its cells anyway)."""
     if isinstance(data, anndata.AnnData):
         return data
-    path = Path(data)
-    if not path.is_file():
-        raise ValueError(f"input file {str(path)!r} does not exist; pass an .h5ad")
-    return anndata.read_h5ad(path)
+    from grn_jax.data.ingest import read_h5ad
+
+    return read_h5ad(Path(data))
 
 
 def obs_column(adata: anndata.AnnData, key: str, what: str) -> tuple[np.ndarray, np.ndarray]:

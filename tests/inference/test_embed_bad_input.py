@@ -77,3 +77,38 @@ def test_a_failed_in_memory_embed_leaves_the_anndata_unchanged(pretrained, toy_r
     with pytest.raises(ValueError, match="non-integer"):
         embed(pretrained, a, graph=GraphSpec(network=str(toy_run["network"])), chunk_cells=4, **_quiet())
     assert CLS_KEY not in a.obsm and MEAN_KEY not in a.obsm and len(a.varm) == 0 and len(a.uns) == 0
+
+
+@pytest.mark.parametrize("command", ["eval", "finetune", "reference"])
+def test_truncated_h5ad_in_eval_finetune_and_reference(toy_run, tmp_path, capsys, command):
+    good = toy_run["h5ad"].read_bytes()
+    bad = tmp_path / "bad.h5ad"
+    bad.write_bytes(good[: len(good) // 3])
+    ckpt, net = str(toy_run["run"]), str(toy_run["network"])
+    argv = {"eval": ["eval", "annotation", str(bad), "--checkpoint", ckpt, "--out", str(tmp_path / "o"),
+                     "--label-key", "cell_type", "--network", net],
+            "finetune": ["finetune", str(bad), "--checkpoint", ckpt, "--label-key", "cell_type", "--out",
+                         str(tmp_path / "o"), "--network", net],
+            "reference": ["embed", str(toy_run["h5ad"]), "--checkpoint", ckpt, "--out", str(tmp_path / "o.h5ad"),
+                          "--no-progress", "--networks-dir", str(_networks_dir(tmp_path, toy_run)), "--reference",
+                          str(bad)]}[command]
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(bad) in err, err
+
+
+def _networks_dir(tmp_path, toy_run):
+    """A `grn infer`-style folder: both toy cell types share the toy network."""
+    import json
+    import shutil
+
+    d = tmp_path / "nets"
+    (d / "networks").mkdir(parents=True)
+    shutil.copy(toy_run["network"], d / "networks" / "net.tsv")
+    rows = [{"cell_type": t, "file": "networks/net.tsv"} for t in ("t0", "t1")]
+    (d / "summary.json").write_text(json.dumps({"params": {}, "cell_types": rows}))
+    a = toy_run["adata"]
+    (d / "labels.tsv").write_text("cell\tcell_type\n" + "".join(
+        f"{c}\t{t}\n" for c, t in zip(a.obs_names, a.obs["cell_type"])))
+    return d
