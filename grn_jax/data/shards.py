@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from grn_jax._io import atomic_path, atomic_write_text, check_out_dir
+from grn_jax._io import atomic_path, atomic_write_text, check_out_dir, read_json
 from grn_jax._json import jsonable
 from grn_jax.data.tokenize import TokenizedCells
 from grn_jax.data.vocab import GeneVocab
@@ -181,7 +181,7 @@ class ShardStore:
         path = self.folder / MANIFEST
         if not path.exists():
             raise ValueError(f"{str(self.folder)!r} has no {MANIFEST}; create it with `grn-jax prepare`")
-        self.manifest = json.loads(path.read_text())
+        self.manifest = read_json(path, "shards manifest")
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{str(path)!r} has format_version {self.manifest.get('format_version')}, this "
                              f"library reads {FORMAT_VERSION}; re-run `grn-jax prepare`")

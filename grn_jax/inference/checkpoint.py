@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import jax
 
+from grn_jax._io import read_json
 from grn_jax.data.vocab import GeneVocab
 from grn_jax.train.checkpoint import INTEGRITY_FILE, Checkpointer, CheckpointError
 
@@ -92,13 +93,13 @@ def _tokenization_from_shards(run_dir: Path, config: dict) -> dict:
     if not prov_path.is_file():
         raise ValueError(f"{run_dir}: the checkpoint has no tokenisation record and there is no provenance.json "
                          "to identify the training shards; re-save the checkpoint with a current `grn-jax pretrain`")
-    want = json.loads(prov_path.read_text()).get("data", {}).get("content_hash")
+    want = read_json(prov_path, "provenance file").get("data", {}).get("content_hash")
     manifest_path = shards / MANIFEST
     if not manifest_path.is_file():
         raise ValueError(f"{run_dir}: the checkpoint has no tokenisation record and the training shards "
                          f"{shards} are gone; inference cannot know how training tokenised cells. Restore "
                          f"the shards (content hash {want}) or re-save with a current `grn-jax pretrain`")
-    m = json.loads(manifest_path.read_text())
+    m = read_json(manifest_path, "shards manifest")
     if m.get("content_hash") != want:
         raise ValueError(f"{run_dir}: the shards at {shards} have content hash {str(m.get('content_hash'))[:16]}..., "
                          f"but the run was trained on {str(want)[:16]}...; they were re-prepared since, so their "

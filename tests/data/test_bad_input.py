@@ -167,3 +167,13 @@ def test_a_failed_prepare_leaves_no_shards(tmp_path):
     with pytest.raises(ValueError, match="boom"):
         prepare(a, out, cfg, graph=Exploding())
     assert Exploding.calls == 3 and not out.exists()
+
+
+def test_a_corrupt_manifest_names_the_file(tmp_path, capsys):
+    a = toy_adata(n_cells=10)
+    cfg = DataConfig.from_dict({"qc": {"min_counts": 0, "max_counts": None, "min_genes": 1}})
+    prepare(a, tmp_path / "shards", cfg)
+    manifest = tmp_path / "shards" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:100])
+    with pytest.raises(ValueError, match="manifest.json.*not valid JSON"):
+        ShardStore(tmp_path / "shards")
