@@ -12,8 +12,11 @@ both ways, matching the symmetrised Laplacian of GDKA).
   gcn:  h' = relu(D^-1/2 (A + I) D^-1/2 h W)           (Kipf & Welling)
   gin:  h_v' = relu(MLP((1 + eps) h_v + sum_{u in N(v)} h_u)), eps learnt
 
-Input features (gene-ID embeddings) are projected to d_model, then the layers
-run under `nn.scan`. Outputs are zero at positions that are not graph nodes.
+Input features (gene-ID embeddings, initialised at std 0.02) are layer-normalised
+to unit scale and projected to d_model, then the layers run under `nn.scan`:
+without the normalisation every layer sees ~0.02-scale inputs and the encoding
+carries almost nothing to the fusion attention. Outputs are zero at positions
+that are not graph nodes.
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ class GNNEncoder(nn.Module):
     aggregator: str = "mean"
     fanout: int = 10
     dtype: Any = jnp.float32
+    layer_norm_eps: float = 1e-5
 
     @nn.compact
     def __call__(self, feats_BxSxF, senders_BxE, receivers_BxE, edge_mask_BxE, node_mask_BxS, gene_ids_BxS,
@@ -123,6 +127,10 @@ class GNNEncoder(nn.Module):
             raise ValueError(f"seeds_LxB must have one row per GNN layer ({self.layers}), got {seeds_LxB.shape}")
         edges = (*sampling.undirected_edges(senders_BxE, receivers_BxE, edge_mask_BxE, node_mask_BxS),
                  gene_ids_BxS)
+        feats_BxSxF = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="ln_input",
+                                   scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axes.EMBED,)),
+                                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.EMBED,)))(
+            feats_BxSxF)
         h = dense(self.features, (axes.EMBED, axes.MLP), "input", self.dtype)(feats_BxSxF)
         stack = nn.scan(GNNLayer, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast, 0), length=self.layers, metadata_params={nn.PARTITION_NAME: None})

@@ -86,13 +86,13 @@ def test_heat_plan_adaptive_or_fixed_order():
 
 def test_grnformer_preset_summary_counts_the_adapter():
     s = model_summary(preset("grnformer_gremln"))
-    assert {"adapter/gnn", "adapter/fusion", "adapter/ln_fusion"} <= set(s.by_module)
+    assert {"adapter/gnn", "adapter/fusion", "adapter/ln_fusion", "adapter/ln_struct"} <= set(s.by_module)
     d = 512
     # one backbone layer fewer than gremln_base; adapter = GNN input (d/2 -> d) + 2 SAGE layers (2d -> d)
-    # + cross-attention (4 d^2 + 4 d) + LayerNorm
+    # + cross-attention (4 d^2 + 4 d) + LayerNorms (queries; structure encodings; GNN node features, d/2)
     layer = 4 * (d * d + d) + 4 * d + (d * 2048 + 2048) + (2048 * d + d)
-    gnn = (d // 2 * d + d) + 2 * (2 * d * d + d)
-    assert s.total == model_summary(gremln_base()).total - layer + gnn + 4 * (d * d + d) + 2 * d
+    gnn = 2 * (d // 2) + (d // 2 * d + d) + 2 * (2 * d * d + d)
+    assert s.total == model_summary(gremln_base()).total - layer + gnn + 4 * (d * d + d) + 2 * d + 2 * d
 
 
 def test_presets_and_layer_runs():
