@@ -163,3 +163,21 @@ def test_majority_and_chance_rows_match_hand_computed_predictions():
     # uniform guessing over 3 classes: accuracy near 1/3 over the splits' 60 test cells
     assert 0.1 < table["chance"]["accuracy"]["mean"] < 0.6
     assert table["chance"]["macro_f1"]["values"] != table["majority"]["macro_f1"]["values"]
+
+
+def test_training_reference_holds_exactly_the_trained_cells(half_seen, sim, tmp_path):
+    import anndata
+
+    from grn_jax.reporting import controls_line, write_training_reference
+
+    pre, cfg = half_seen
+    h5ad = tmp_path / "cells.h5ad"
+    sim.adata.write_h5ad(h5ad)
+    ref = anndata.read_h5ad(write_training_reference(pre.run_dir, h5ad, tmp_path / "ref.h5ad"))
+    assert set(ref.obs_names) == _trained_names(cfg, sim)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    row = lambda v: {"macro_f1": {"mean": v}}  # noqa: E731
+    line = controls_line({"grn_jax": row(0.5), "random_init": row(0.25), "chance": row(0.1)})
+    assert line == ("macro_f1 (mean over splits): grn_jax 0.500, random_init 0.250, chance 0.100; "
+                    "grn_jax - random_init = +0.250; grn_jax - chance = +0.400")
+    assert controls_line({"pca_logreg": row(0.9)}) is None
