@@ -192,6 +192,7 @@ def _write_export(pre: Pretrained, out: Path, platforms: Sequence[str]) -> dict:
 
     from grn_jax.graphs.diffusion import portable_impl
     from grn_jax.models import build_model, count_params
+    from grn_jax.train.sharding import with_rules
     from grn_jax.train.typed import to_dict
 
     params = jax.device_get(pre.params)
@@ -209,7 +210,7 @@ def _write_export(pre: Pretrained, out: Path, platforms: Sequence[str]) -> dict:
     # A fresh jit object, traced only under portable_impl(): the artefact holds the XLA
     # diffusion path, never this process's native CPU kernel (a custom call that
     # cannot be serialized).
-    fn = jax.jit(make_inference_fn(build_model(pre.model_config), with_cell_graph))
+    fn = jax.jit(with_rules(make_inference_fn(build_model(pre.model_config), with_cell_graph)))
     pspec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
     (out / "serving").mkdir()
     artefacts = {}

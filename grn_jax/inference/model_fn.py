@@ -106,5 +106,7 @@ def jitted_inference_fn(model_config, with_cell_graph: bool) -> Callable:
     import jax
 
     from grn_jax.models import build_model
+    from grn_jax.train.sharding import with_rules
 
-    return jax.jit(make_inference_fn(build_model(model_config), with_cell_graph))
+    # traced under the logical axis rules: the model's activation constraints apply under a caller's mesh
+    return jax.jit(with_rules(make_inference_fn(build_model(model_config), with_cell_graph)))

@@ -18,8 +18,6 @@ from flax import struct
 
 from grn_jax import axes
 
-_DENSE_INIT = nn.initializers.lecun_normal()
-
 
 @struct.dataclass
 class DiffusionContext:
@@ -100,9 +98,20 @@ def diffusion_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, ctx: Diff
                                  dropout_rate=dropout_rate, deterministic=deterministic, dtype=dtype)
 
 
-def _proj(features, axis_names, name, dtype):
-    return nn.DenseGeneral(features, axis=-1, dtype=dtype, name=name,
-                           kernel_init=nn.with_logical_partitioning(_DENSE_INIT, axis_names))
+# Fan-in over the contracted axes, as a flat [in, out] Dense would have it.
+_IN_PROJ_INIT = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))     # [D, H, K]
+_OUT_PROJ_INIT = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)    # [H, K, D]
+
+
+def _proj(kernel_shape, einsum_str, axis_names, init, name, dtype):
+    """A projection whose kernel is created at its full shape, so its logical names always match its rank.
+
+    (`nn.DenseGeneral` initialises a flat 2-D kernel and reshapes it, which
+    breaks a 3-name logical constraint once axis rules are in force.) Same
+    parameter names and shapes as DenseGeneral: `kernel`, `bias`.
+    """
+    return nn.Einsum(kernel_shape, einsum_str, dtype=dtype, name=name,
+                     kernel_init=nn.with_logical_partitioning(init, axis_names))
 
 
 class MultiHeadAttention(nn.Module):
@@ -129,9 +138,10 @@ class MultiHeadAttention(nn.Module):
         hk = (self.n_heads, head_dim)
         names = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
         kv_src = x_BxSxD if context_BxTxD is None else context_BxTxD
-        q = _proj(hk, names, "query", self.dtype)(x_BxSxD)
-        k = _proj(hk, names, "key", self.dtype)(kv_src)
-        v = _proj(hk, names, "value", self.dtype)(kv_src)
+        proj_in = "bsd,dhk->bshk"
+        q = _proj((d,) + hk, proj_in, names, _IN_PROJ_INIT, "query", self.dtype)(x_BxSxD)
+        k = _proj((kv_src.shape[-1],) + hk, proj_in, names, _IN_PROJ_INIT, "key", self.dtype)(kv_src)
+        v = _proj((kv_src.shape[-1],) + hk, proj_in, names, _IN_PROJ_INIT, "value", self.dtype)(kv_src)
         act_names = (axes.BATCH, axes.GENES, axes.HEADS, axes.HEAD_DIM)
         q, k, v = (nn.with_logical_constraint(t, act_names) for t in (q, k, v))
         use_dropout = not deterministic and self.dropout_rate > 0.0
@@ -149,7 +159,6 @@ class MultiHeadAttention(nn.Module):
         if weights is not None:  # None under attention_impl="pallas" (never materialised)
             self.sow("intermediates", "weights", weights)
         out = nn.with_logical_constraint(out.astype(self.dtype), act_names)
-        y = nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name="out",
-                            kernel_init=nn.with_logical_partitioning(_DENSE_INIT, (axes.HEADS, axes.HEAD_DIM,
-                                                                                   axes.EMBED)))(out)
+        y = _proj(hk + (d,), "bshk,hkd->bsd", (axes.HEADS, axes.HEAD_DIM, axes.EMBED), _OUT_PROJ_INIT, "out",
+                  self.dtype)(out)
         return nn.with_logical_constraint(y, (axes.BATCH, axes.GENES, axes.EMBED))

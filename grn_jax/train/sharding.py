@@ -7,6 +7,8 @@ and MLP width over tensor. JAX's SPMD partitioner does the rest.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from typing import Any, Optional, Sequence
 
@@ -74,6 +76,35 @@ def make_mesh(cfg: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -
 def logical_to_sharding(logical_specs: Any, mesh: Mesh) -> Any:
     """Map a tree of logical PartitionSpecs to NamedShardings on `mesh` with the rules table."""
     return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
+
+
+@contextlib.contextmanager
+def rules_in_force(mesh: Optional[Mesh] = None):
+    """Context in which `nn.with_logical_constraint` is live: the rules table, and `mesh` as the abstract mesh.
+
+    Flax turns a logical constraint into `lax.with_sharding_constraint` only
+    when axis rules are set AND a mesh is in context; without both every
+    activation annotation in `grn_jax.models` is silently a no-op. With
+    `mesh=None` only the rules are set (a mesh the caller has entered is used).
+    """
+    with contextlib.ExitStack() as stack:
+        if mesh is not None:
+            stack.enter_context(jax.sharding.use_abstract_mesh(mesh.abstract_mesh))
+        stack.enter_context(nn.logical_axis_rules(LOGICAL_AXIS_RULES))
+        yield
+
+
+def with_rules(fn, mesh: Optional[Mesh] = None):
+    """`fn` traced inside `rules_in_force(mesh)`: wrap a step before `jax.jit` so its activations are sharded.
+
+    The contexts are entered inside the traced call (not around `jax.jit`), so
+    a re-trace for a new shape or a later `.lower()` sees them too.
+    """
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with rules_in_force(mesh):
+            return fn(*args, **kwargs)
+    return traced
 
 
 def fit_sharding_to_shape(sharding: NamedSharding, shape: Sequence[int]) -> tuple[NamedSharding, int]:

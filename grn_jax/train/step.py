@@ -118,8 +118,13 @@ def make_eval_step(apply_fn: ApplyFn, mask_fn: MaskFn, cfg: TrainConfig) -> Call
 
 
 def jit_train_step(step_fn, state_shardings: TrainState, batch_example: Any, mesh: Mesh):
-    """jax.jit with explicit shardings: state sharded as initialised, batch over data x fsdp, state donated."""
-    return jax.jit(step_fn,
+    """jax.jit with explicit shardings: state sharded as initialised, batch over data x fsdp, state donated.
+
+    The step is traced with the logical axis rules and `mesh` in force, so the
+    models' activation constraints (batch over data x fsdp, heads / mlp over
+    tensor) shard the intermediate values too, not only the inputs.
+    """
+    return jax.jit(sh.with_rules(step_fn, mesh),
                    in_shardings=(state_shardings, sh.batch_shardings(batch_example, mesh)),
                    out_shardings=(state_shardings, sh.replicated(mesh)),
                    donate_argnums=(0,))
@@ -127,5 +132,6 @@ def jit_train_step(step_fn, state_shardings: TrainState, batch_example: Any, mes
 
 def jit_eval_step(eval_fn, param_shardings: Any, batch_example: Any, mesh: Mesh):
     rep = sh.replicated(mesh)
-    return jax.jit(eval_fn, in_shardings=(param_shardings, sh.batch_shardings(batch_example, mesh), rep),
+    return jax.jit(sh.with_rules(eval_fn, mesh),
+                   in_shardings=(param_shardings, sh.batch_shardings(batch_example, mesh), rep),
                    out_shardings=rep)
