@@ -14,6 +14,7 @@ both are excluded from that type's network and counted in the summary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Optional, Sequence
 
@@ -28,14 +29,16 @@ POOLED = "__pooled__"
 FALLBACKS = ("pooled", "skip", "error")
 SUBNETWORKS = ("bootstrap", "clusters")
 CLUSTER_METHODS = ("leiden", "louvain")
-METHODS = ("spearman", "aracne")  # |Spearman| + FDR + DPI (rank_network), or MI + null + DPI + bootstraps
+METHODS = ("spearman", "pcor", "aracne")  # (partial) |Spearman| + FDR + DPI, or MI + null + DPI + bootstraps
 ALL_CELLS = "all_cells"
 
 
 def _infer_fn(method: str):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return rank_network.infer_rank_network if method == "spearman" else aracne.infer_network
+    if method == "aracne":
+        return aracne.infer_network
+    return functools.partial(rank_network.infer_rank_network, method=method)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from grn_jax._io import check_out_dir
+from grn_jax._io import atomic_write_text, check_out_dir
 from grn_jax.data.ingest import read_h5ad
 from grn_jax.data.validate import check_counts_matrix
 from grn_jax.graphs.celltype_networks import POOLED, CellTypeNetworks, infer_cell_type_networks
@@ -53,13 +53,12 @@ def write_cell_type_networks(result: CellTypeNetworks, out_dir: PathLike, fmt: s
         files[t] = by_id[id(net)] = path
     summary = result.summary.copy()
     summary["file"] = [files.get(t, "") for t in summary["cell_type"]]
-    summary.to_csv(os.path.join(out_dir, "summary.tsv"), sep="\t", index=False)
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump({"params": result.params, "cell_types": summary.to_dict(orient="records")}, f, indent=2,
-                  default=str)
+    atomic_write_text(os.path.join(out_dir, "summary.tsv"), summary.to_csv(sep="\t", index=False))
+    atomic_write_text(os.path.join(out_dir, "summary.json"), json.dumps(
+        {"params": result.params, "cell_types": summary.to_dict(orient="records")}, indent=2, default=str))
     names = np.arange(len(result.labels)).astype(str) if cell_names is None else np.asarray(cell_names, str)
-    pd.DataFrame({"cell": names, "cell_type": result.labels}).to_csv(
-        os.path.join(out_dir, "labels.tsv"), sep="\t", index=False)
+    atomic_write_text(os.path.join(out_dir, "labels.tsv"),
+                      pd.DataFrame({"cell": names, "cell_type": result.labels}).to_csv(sep="\t", index=False))
     return files
 
 
@@ -85,17 +84,14 @@ def read_cell_type_networks(net_dir: PathLike) -> tuple[dict, pd.DataFrame]:
 
 def infer_networks_to_dir(data_path: PathLike, out_dir: PathLike, *, cell_type_key: Optional[str] = None,
                           regulators_path: Optional[str] = None, fmt: str = "tsv", **kwargs) -> CellTypeNetworks:
-    """Read an h5ad, infer per-cell-type networks, write them to `out_dir` (`grn-jax grn infer`)."""
-    import anndata as ad
+    """Read an h5ad, infer per-cell-type networks, write them to `out_dir` (`grn-jax grn infer`).
 
-    from grn_jax.resources import read_gene_list
-
+    `regulators_path`: a gene-list file, "human" (default) or "hvg:N" (see `parse_regulators`)."""
     check_out_dir(out_dir)  # before the (long) inference
     adata = read_h5ad(data_path)
     check_counts_matrix(_counts(adata, kwargs.get("layer")), adata.var_names, adata.obs_names,
                         where=f"{data_path} {kwargs.get('layer') or 'X'}", counts_fix=_COUNTS_FIX)
-    regulators = read_gene_list(regulators_path) if regulators_path else None
-    result = infer_cell_type_networks(adata, cell_type_key=cell_type_key, regulators=regulators, **kwargs)
+    result = infer_cell_type_networks(adata, cell_type_key=cell_type_key, regulators=regulators_path, **kwargs)
     write_cell_type_networks(result, out_dir, fmt, cell_names=adata.obs_names)
     return result
 

@@ -1,4 +1,4 @@
-"""Regulator -> gene networks from |Spearman| correlation, with ARACNe's DPI on top (`method="spearman"`).
+"""Regulator -> gene networks from |Spearman| or partial Spearman correlation, with ARACNe's DPI on top.
 
 Why not MI + permutation null + bootstrap consensus (`aracne.infer_network`)? On
 counts simulated from known networks with realistic depth (benchmarks/bench_grn.py),
@@ -14,6 +14,10 @@ ranking itself the network, in one pass over the cells:
    exact and identical whatever the gene-chunk size or the BLAS thread count.
 2. Two-sided p-values from t = rho sqrt((n - 2) / (1 - rho^2)) ~ t(n - 2) (as
    scipy.stats.spearmanr), Benjamini-Hochberg at `fdr` over all candidate pairs.
+   method="pcor": the partial Spearman correlation of each pair given all other
+   regulators instead (`partial_spearman_matrix`; t with n - 2 - (R - 1) dof),
+   which removes correlation explained by other regulators -- e.g. shared
+   cell-type programmes when several types are pooled.
 3. Optional DPI (`aracne.dpi_prune`) on the edges that passed, weighted by the
    Gaussian-equivalent MI -0.5 log(1 - rho^2) (monotone in |rho|); max/min only,
    so it is exact too.
@@ -69,17 +73,67 @@ def spearman_matrix(x_NxG: np.ndarray, reg_idx: Sequence[int], *, chunk: int = 5
     return np.clip(rho, -1.0, 1.0)
 
 
-def spearman_pvalue(rho, n: int) -> np.ndarray:
-    """Two-sided p-value of Spearman rho on n cells (t approximation with n - 2 dof)."""
+def spearman_pvalue(rho, n: int, n_conditioned: int = 0) -> np.ndarray:
+    """Two-sided p-value of a (partial) Spearman rho on n cells given `n_conditioned` other variables
+    (t approximation with n - 2 - n_conditioned dof)."""
+    df = n - 2.0 - n_conditioned
     rho = np.abs(np.asarray(rho, np.float64))
     with np.errstate(divide="ignore"):
-        t = rho * np.sqrt((n - 2.0) / np.maximum(1.0 - rho * rho, 1e-300))
-    return 2.0 * stats.t.sf(t, n - 2)
+        t = rho * np.sqrt(df / np.maximum(1.0 - rho * rho, 1e-300))
+    return 2.0 * stats.t.sf(t, df)
+
+
+PCOR_RIDGE = 1e-3  # added to the regulator correlation matrix's diagonal (near-collinear regulators)
+PCOR_MIN_DOF = 10  # cells beyond the conditioning set needed for a partial correlation
+_PCOR_TILE = 256  # genes per product in the partial-correlation step (fixed: results never depend on `chunk`)
+
+
+def partial_spearman_matrix(x_NxG: np.ndarray, reg_idx: Sequence[int], *, chunk: int = 512,
+                            ridge: float = PCOR_RIDGE) -> np.ndarray:
+    """Partial Spearman correlation [R, G] of each regulator with each gene given all the other regulators.
+
+    The Gaussian-graphical-model view of ARACNe's DPI: a gene correlated with a
+    regulator only through other regulators gets ~0. Rank correlations are exact
+    (`spearman_matrix`); the R x R inverse and the products after it run on one
+    BLAS thread in fixed tiles, so the result does not depend on threads or `chunk`.
+    Gene g vs regulator r: from the regression of g on all regulators; a regulator
+    pair: from the inverse of the regulators' correlation matrix. `ridge` is added to that matrix's diagonal.
+    """
+    from threadpoolctl import threadpool_limits
+
+    reg_idx = np.asarray(reg_idx, np.int64)
+    r = reg_idx.size
+    n = np.asarray(x_NxG).shape[0]
+    if n - 1 - r < PCOR_MIN_DOF:
+        raise aracne.EmptyNetworkError(
+            f"{n} cells are too few to condition on {r} regulators (a partial correlation needs >= "
+            f"{r + 1 + PCOR_MIN_DOF}); use fewer regulators (e.g. hvg:N with a smaller N) or method 'spearman'")
+    rho_RxG = spearman_matrix(x_NxG, reg_idx, chunk=chunk)
+    c_RxR = rho_RxG[:, reg_idx] + ridge * np.eye(r)
+    with threadpool_limits(limits=1):  # LAPACK/BLAS on one thread: the same bits whatever the machine's setting
+        inv_RxR = np.linalg.inv(c_RxR)
+        inv_RxR = 0.5 * (inv_RxR + inv_RxR.T)
+        out = np.empty_like(rho_RxG)
+        for lo in range(0, rho_RxG.shape[1], _PCOR_TILE):
+            s_RxK = rho_RxG[:, lo:lo + _PCOR_TILE]
+            b_RxK = inv_RxR @ s_RxK  # regression of each gene on all regulators (standardised)
+            resid_K = np.maximum(1.0 + ridge - np.einsum("rk,rk->k", s_RxK, b_RxK), 1e-12)
+            prec_RxK = np.diag(inv_RxR)[:, None] + b_RxK * b_RxK / resid_K
+            out[:, lo:lo + _PCOR_TILE] = b_RxK / np.sqrt(resid_K * prec_RxK)
+    d_R = np.sqrt(np.diag(inv_RxR))
+    out[:, reg_idx] = -inv_RxR / np.outer(d_R, d_R)
+    out[np.arange(r), reg_idx] = 0.0
+    return np.clip(out, -1.0, 1.0)
+
+
+RANK_METHODS = ("spearman", "pcor")
 
 
 def infer_rank_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[str],
-                       config: aracne.AracneConfig = aracne.AracneConfig(), *, name: str = "") -> GeneNetwork:
-    """|Spearman| network of one group of cells: BH at `config.fdr`, then DPI if `config.dpi`.
+                       config: aracne.AracneConfig = aracne.AracneConfig(), *, name: str = "",
+                       method: str = "spearman") -> GeneNetwork:
+    """|Spearman| (or partial Spearman, method="pcor") network of one group of cells: BH at `config.fdr`, then
+    DPI if `config.dpi`.
 
     Uses `config.fdr`, `dpi`, `dpi_tolerance`, `max_cells` (a seeded subsample),
     `min_informative_cells`, `block` (gene chunk) and `seed`; the MI estimator,
@@ -87,6 +141,8 @@ def infer_rank_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequ
     Raises EmptyNetworkError when no pair passes.
     """
     t0 = time.perf_counter()
+    if method not in RANK_METHODS:
+        raise ValueError(f"method must be one of {RANK_METHODS}, got {method!r}")
     cfg = config
     label = name or "group"
     x_NxG, genes = aracne.check_group(x_NxG, genes, cfg.min_informative_cells, label)
@@ -96,10 +152,16 @@ def infer_rank_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequ
         rows = np.sort(np.random.default_rng(cfg.seed).choice(n_all, cfg.max_cells, replace=False))
         x_NxG = x_NxG[rows]
     n = x_NxG.shape[0]
-    rho_RxG = spearman_matrix(x_NxG, reg_idx, chunk=cfg.block)
+    if method == "spearman":
+        rho_RxG, n_cond = spearman_matrix(x_NxG, reg_idx, chunk=cfg.block), 0
+    else:
+        try:
+            rho_RxG, n_cond = partial_spearman_matrix(x_NxG, reg_idx, chunk=cfg.block), reg_idx.size - 1
+        except aracne.EmptyNetworkError as e:
+            raise aracne.EmptyNetworkError(f"{label}: {e}") from None
     cand_RxG = np.ones(rho_RxG.shape, bool)
     cand_RxG[np.arange(reg_idx.size), reg_idx] = False
-    p_RxG = spearman_pvalue(rho_RxG, n)
+    p_RxG = spearman_pvalue(rho_RxG, n, n_cond)
     q = np.ones_like(p_RxG)
     q[cand_RxG] = stats.false_discovery_control(p_RxG[cand_RxG], method="bh")
     passed = cand_RxG & (q <= cfg.fdr) & (rho_RxG != 0)
@@ -107,7 +169,7 @@ def infer_rank_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequ
     n_passed = int(passed.sum())
     if n_passed == 0:
         raise aracne.EmptyNetworkError(
-            f"{label}: no (regulator, gene) pair has a Spearman correlation significant at FDR {cfg.fdr} "
+            f"{label}: no (regulator, gene) pair has a {method} correlation significant at FDR {cfg.fdr} "
             f"({n} cells, {reg_idx.size} regulators, {len(genes)} genes); use more cells or a larger fdr")
     keep = aracne.dpi_prune(mi_RxG, reg_idx, cfg.dpi_tolerance) & passed if cfg.dpi else passed
     r_i, g_i = np.nonzero(keep)
@@ -116,7 +178,7 @@ def infer_rank_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequ
     gene_arr = np.asarray(genes, dtype=object)
     rho_kept = rho_RxG[r_i, g_i]
     params = {
-        "method": "spearman", "fdr": cfg.fdr, "dpi": cfg.dpi, "dpi_tolerance": cfg.dpi_tolerance,
+        "method": method, "fdr": cfg.fdr, "n_conditioned": n_cond, "dpi": cfg.dpi, "dpi_tolerance": cfg.dpi_tolerance,
         "max_cells": cfg.max_cells, "min_informative_cells": cfg.min_informative_cells, "seed": cfg.seed,
         "name": name, "n_cells": int(n_all), "n_cells_used": int(n), "n_genes": len(genes),
         "n_regulators": int(reg_idx.size), "n_regulators_missing": len(missing),

@@ -12,6 +12,7 @@ from scipy import stats
 from grn_jax.cli import main
 from grn_jax.datasets import simulate
 from grn_jax.graphs import aracne, infer_cell_type_networks, infer_rank_network, spearman_matrix, spearman_pvalue
+from grn_jax.graphs.rank_network import partial_spearman_matrix
 from grn_jax.graphs import celltype_networks as ctn
 from grn_jax.testing import tolerance
 
@@ -72,29 +73,44 @@ def test_dpi_removes_the_indirect_edge_and_fdr_keeps_the_direct_ones():
 
 
 def test_network_is_identical_whatever_threads_or_chunks(tmp_path):
-    """The same network bits from 1 BLAS thread and chunk 1 as from the defaults (run in fresh processes so the
-    thread count is really set before NumPy starts)."""
+    """The same network bits from 1 BLAS thread and chunk 1, 2 threads and chunk 7, and this process's defaults."""
     s = simulate(n_cells=300, n_genes=60, n_cell_types=1, knockouts=0, seed=2, mean_library_size=800)
     s.adata.write_h5ad(tmp_path / "d.h5ad")
     code = ("import sys, numpy as np, anndata as ad; from grn_jax.graphs import AracneConfig, infer_rank_network;"
             "from grn_jax.graphs.celltype_networks import log_normalised;"
             "a = ad.read_h5ad(sys.argv[1]); x = log_normalised(a).toarray();"
             "keep = (x > 0).sum(0) >= 5; g = list(a.var_names[keep]);"
-            "n = infer_rank_network(x[:, keep], g, [t for t in a.var_names[a.var.is_tf] if t in g],"
-            " AracneConfig(block=int(sys.argv[2])));"
-            "np.savez(sys.argv[3], r=n.regulator.astype(str), t=n.target.astype(str), mi=n.mi, p=n.pvalue)")
+            "tfs = [t for t in a.var_names[a.var.is_tf] if t in g];"
+            "nets = {m: infer_rank_network(x[:, keep], g, tfs, AracneConfig(block=int(sys.argv[2])), method=m)"
+            " for m in ('spearman', 'pcor')};"
+            "np.savez(sys.argv[3], **{f'{m}_{k}': v for m, n in nets.items() for k, v in"
+            " (('r', n.regulator.astype(str)), ('t', n.target.astype(str)), ('mi', n.mi), ('p', n.pvalue))})")
     outs = []
-    for threads, block in (("1", 1), ("2", 512), ("2", 7)):
+    for threads, block in (("1", 1), ("2", 7)):  # fresh processes: the thread count is set before NumPy starts
         env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
         out = tmp_path / f"n{threads}_{block}.npz"
         subprocess.run([sys.executable, "-c", code, str(tmp_path / "d.h5ad"), str(block), str(out)], check=True,
                        env=env, timeout=120)
         outs.append(np.load(out))
-    assert outs[0]["r"].size > 0
-    for o in outs[1:]:
-        for k in ("r", "t", "mi", "p"):
-            assert np.array_equal(o[k], outs[0][k]), k
+    outs.append({f"{m}_{k}": v for m in ("spearman", "pcor") for k, v in zip(("r", "t", "mi", "p"), _in_process(
+        tmp_path / "d.h5ad", m))})  # this process: default threads and chunk
+    for m in ("spearman", "pcor"):
+        assert outs[0][f"{m}_r"].size > 0
+        for o in outs[1:]:
+            for k in ("r", "t", "mi", "p"):
+                assert np.array_equal(o[f"{m}_{k}"], outs[0][f"{m}_{k}"]), (m, k)
+
+
+def _in_process(path, method):
+    import anndata as ad
+
+    a = ad.read_h5ad(path)
+    x = ctn.log_normalised(a).toarray()
+    keep = (x > 0).sum(0) >= 5
+    g = list(a.var_names[keep])
+    n = infer_rank_network(x[:, keep], g, [t for t in a.var_names[a.var.is_tf] if t in g], method=method)
+    return n.regulator.astype(str), n.target.astype(str), n.mi, n.pvalue
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +188,39 @@ def test_cli_all_cells_hvg_and_aracne_only_flags(typed, tmp_path, capsys):
     assert main(["grn", "infer", str(path), "--all-cells", "--regulators", "hvg:12", "--bootstraps", "5",
                  "--out", str(tmp_path / "x")]) == 2
     assert "apply to --method aracne only" in capsys.readouterr().err
+
+
+def _partial_oracle(x, reg, r, g):
+    """Partial Spearman of columns reg[r] and g given the other regulators, by least-squares residuals."""
+    rk = stats.rankdata(x, axis=0)
+    others = [j for j in reg if j not in (reg[r], g)]
+    design = np.column_stack([np.ones(len(x)), rk[:, others]])
+
+    def resid(v):
+        return v - design @ np.linalg.lstsq(design, v, rcond=None)[0]
+
+    return stats.pearsonr(resid(rk[:, reg[r]]), resid(rk[:, g])).statistic
+
+
+def test_partial_spearman_matches_a_residual_regression_oracle():
+    x = _sparse_counts(3, n=400, g=12)
+    reg = np.array([0, 3, 4, 9])
+    pc = partial_spearman_matrix(x, reg, ridge=0.0)
+    tol = tolerance(np.float64)
+    for r in range(reg.size):
+        for g in range(x.shape[1]):
+            want = 0.0 if g == reg[r] else _partial_oracle(x, reg, r, g)
+            np.testing.assert_allclose(pc[r, g], want, rtol=tol.rtol, atol=tol.atol)
+    assert np.array_equal(partial_spearman_matrix(x, reg, chunk=1), partial_spearman_matrix(x, reg, chunk=512))
+
+
+def test_pcor_removes_the_indirect_edge_without_dpi():
+    x, genes = _chain_data()
+    net = infer_rank_network(x, genes, ["a", "b"], aracne.AracneConfig(dpi=False), method="pcor")
+    edges = set(zip(net.regulator, net.target))
+    assert {("a", "b"), ("b", "c")} <= edges and ("a", "c") not in edges
+    assert net.params["method"] == "pcor" and net.params["n_conditioned"] == 1
+    with pytest.raises(aracne.EmptyNetworkError, match="too few to condition on 5 regulators"):
+        infer_rank_network(x[:15], genes, ["a", "b", "n1", "n2", "n3"], method="pcor")
+    with pytest.raises(ValueError, match="method must be one of"):
+        infer_rank_network(x, genes, ["a"], method="kendall")
