@@ -227,7 +227,9 @@ def _add_simulate(sub) -> None:
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain (or resume) a model from an experiment YAML; --compile-only to "
                                         "check memory/FLOPs of a mesh")
-    p.add_argument("--config", required=True, help="run config, e.g. experiments/configs/tiny.yaml")
+    p.add_argument("--config", required=True,
+                   help="run config: a YAML file or a shipped preset name (tiny, gremln_base, grnformer_base, "
+                        "pod_example)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field, e.g. --set train.steps=20 (repeatable)")
     p.add_argument("--compile-only", action="store_true",

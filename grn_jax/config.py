@@ -133,10 +133,20 @@ def build_run_config(tree: dict, *, vocab_size: Optional[int] = None) -> RunConf
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = (), *,
                     vocab_size: Optional[int] = None) -> RunConfig:
-    """Read an experiment YAML, apply `section.field=value` overrides, validate."""
+    """Read an experiment YAML, apply `section.field=value` overrides, validate.
+
+    `path` is a YAML file or the name of a shipped preset (`grn_jax.resources.preset_names()`:
+    tiny, gremln_base, grnformer_base, pod_example), which works after a plain `pip install`.
+    """
+    from grn_jax.resources import config_path, preset_names
+
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {path} does not exist (shipped configs live in experiments/)")
+        if str(path) in preset_names():
+            path = Path(str(config_path(str(path))))
+        else:
+            raise ValueError(f"config file {path} does not exist; give a YAML path or a shipped preset name "
+                             f"({', '.join(preset_names())})")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

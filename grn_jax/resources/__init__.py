@@ -2,6 +2,8 @@
 
 `TF.txt` lists 1,639 human transcription factors, copied from the `grnndata`
 package (version 1.3.2, MIT licence); its header names the source.
+`configs/*.yaml` are the run-config presets (`grn-jax pretrain --config tiny`); the
+source checkout's experiments/configs links to them for reproduction.
 """
 
 from __future__ import annotations
@@ -33,3 +35,18 @@ def read_gene_list(path: Union[str, os.PathLike]) -> list[str]:
         raise ValueError(f"gene list file {str(path)!r} does not exist")
     with open(path) as f:
         return _parse_gene_list(f.read(), str(path))
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped run-config presets (configs/<name>.yaml), sorted."""
+    folder = importlib.resources.files(__name__).joinpath("configs")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_path(name: str):
+    """Path of the shipped preset `name` (e.g. "tiny"); a ValueError lists the presets for an unknown name."""
+    path = importlib.resources.files(__name__).joinpath("configs", f"{name}.yaml")
+    if not path.is_file():
+        raise ValueError(f"no shipped config preset {name!r}; presets: {', '.join(preset_names())} "
+                         "(or pass a YAML file path)")
+    return path
