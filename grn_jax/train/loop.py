@@ -29,6 +29,7 @@ from grn_jax.train.optim import make_optimizer
 from grn_jax.train.provenance import provenance
 from grn_jax.train.state import abstract_with_shardings, init_sharded_state, state_shardings
 from grn_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+from grn_jax.train.trivial import trivial_val_metrics, with_controls
 
 # Fault injection for tests: "STEP" or "STEP:SIGNAL" (KILL, TERM) sends the signal to this process right
 # after optimiser step STEP has been applied (and its checkpoint, if due, started).
@@ -190,8 +191,14 @@ def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainR
     train_fn = jit_train_step(make_train_step(apply_fn, data.mask_fn, tx, t), shardings,
                               data.example_batch, mesh)
     eval_fn = jit_eval_step(make_eval_step(apply_fn, data.mask_fn, t), shardings.params, data.example_batch, mesh)
-    val_batches = data.val_batches(batch_size=t.batch_size // jax.process_count(), n_batches=t.eval_batches) \
+    # validation covers every held-out cell, beside the trivial predictors on the very same masked tokens
+    val_batches = data.val_batches(batch_size=t.batch_size // jax.process_count(), n_batches=len(data.val_idx)) \
         if t.eval_every else []
+    trivial = trivial_val_metrics(data, val_batches, data.mask_fn, t.seed) if val_batches else {}
+    if trivial:
+        log(f"validation: {len(data.val_idx)} held-out cells, {trivial['val_trivial_masked']} masked tokens; "
+            f"trivial predictors: each gene's most common bin {trivial['val_gene_mode_accuracy']:.4f}, "
+            f"majority bin {trivial['val_majority_bin_accuracy']:.4f}")
 
     writer = MetricsWriter(run_dir, total_steps=t.steps, start_step=start, tensorboard=t.tensorboard,
                            progress=t.progress, log=log)
@@ -244,7 +251,7 @@ def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainR
                 writer.write(rec)
                 metrics = None
                 if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
-                    val = _evaluate(eval_fn, state.params, val_batches, mesh)
+                    val = with_controls(_evaluate(eval_fn, state.params, val_batches, mesh), trivial)
                     writer.write({"kind": "val", "step": step, **val})
                     metrics = {"val_loss": val["val_loss"]}
                 if save(step, metrics):
