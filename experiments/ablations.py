@@ -12,7 +12,12 @@ counts recovered), then scored on the same held-out cells:
 - annot_f1: macro-F1 of cell-type annotation from frozen mean embeddings
   (`grn_jax.tasks.evaluate_annotation`, 3 stratified splits), where inference can
   rebuild the variant's graph (not for cell-specific graphs: counted as missing);
-- pca_f1: the same run's baseline, PCA-50 of log-normalised expression + the same classifier.
+- pca_f1: the same run's baseline, PCA-50 of log-normalised expression + the same classifier;
+- random_init_f1 / majority_f1: the same evaluation's controls (the run's architecture and seed at
+  initialisation; always the most common class); val_best_trivial: the better of the trivial masked-bin
+  predictors (each gene's most common bin, the majority bin) on the same validation tokens.
+Annotation scores only the run's held-out cells, their graphs by kNN graph integration over the training
+cells (never their own label).
 
 Writes experiments/results/<NAME>.md and .json (mean ± sd over seeds, the exact
 command, the machine, and how the numbers differ from the papers'). Intermediate
@@ -37,7 +42,7 @@ sys.path.insert(0, str(HERE))
 from aggregate import aggregate, results_markdown  # noqa: E402
 
 BASE_CONFIG = HERE / "configs" / "ablation_tiny.yaml"
-METRICS = ("val_loss", "val_acc", "annot_f1", "pca_f1")
+METRICS = ("val_loss", "val_acc", "val_best_trivial", "annot_f1", "random_init_f1", "pca_f1", "majority_f1")
 ADAPTER = ["model.adapter.fusion_heads=2", "model.adapter.fanout=5", "model.adapter.gnn_layers=1"]
 ADAPTER_NOTE = ("The variants' val_loss differ only in the 4th-5th decimal (see the rows in the .json): after a "
                 "few dozen steps the adapter's fused output barely moves the masked-bin loss, so this run shows "
@@ -142,9 +147,14 @@ def prepare_data(kind: str, work: Path, adata, log) -> tuple[Path, object]:
     from grn_jax.inference import GraphSpec
 
     net_dir = work / "networks"
-    if not (net_dir / "summary.json").is_file():
+    # labels.tsv names each cell (kNN graph integration looks the reference cells up there); older work
+    # folders hold row ids instead and are re-inferred
+    named = (net_dir / "summary.json").is_file() and read_cell_type_networks(net_dir)[1]["cell"].isin(
+        adata.obs_names).all()
+    if not named:
         log(f"inferring per-cell-type ARACNe networks into {net_dir}")
-        write_cell_type_networks(infer_cell_type_networks(adata, cell_type_key="cell_type"), net_dir)
+        write_cell_type_networks(infer_cell_type_networks(adata, cell_type_key="cell_type"), net_dir,
+                                 cell_names=adata.obs_names)
     networks, _ = read_cell_type_networks(net_dir)
     cell_type_spec = GraphSpec(networks_dir=str(net_dir), cell_type_column="cell_type")
     graph, cell_graph, spec = None, None, GraphSpec()
@@ -189,12 +199,22 @@ def run_variant(shards: Path, spec, overrides: list, seed: int, steps: int, run_
     pretrain(cfg, log=lambda s: None)
     val = read_metrics(run_dir, "val")
     row = {"val_loss": val[-1]["val_loss"] if val else None, "val_acc": val[-1]["val_accuracy"] if val else None,
-           "annot_f1": None, "pca_f1": None}
+           "val_best_trivial": val[-1].get("val_best_trivial_accuracy") if val else None,
+           "annot_f1": None, "random_init_f1": None, "pca_f1": None, "majority_f1": None}
     if spec is not None:
+        if spec.cell_type_column:  # never the evaluated cell's own label: kNN integration over the training cells
+            from grn_jax.inference import GraphSpec
+            from grn_jax.reporting import write_training_reference
+
+            spec = GraphSpec(networks_dir=spec.networks_dir,
+                             reference=str(write_training_reference(run_dir, counts_h5ad, run_dir / "reference.h5ad")))
+        # only the run's held-out cells are scored (evaluate_annotation leaves the training cells out)
         res = evaluate_annotation(str(run_dir), str(counts_h5ad), label_key="cell_type", graph=spec, n_splits=3,
                                   seed=seed, log=lambda s: None)
         row["annot_f1"] = res.metrics["all"]["grn_jax"]["macro_f1"]["mean"]
         row["pca_f1"] = res.metrics["all"]["pca_logreg"]["macro_f1"]["mean"]
+        row["random_init_f1"] = res.metrics["all"]["random_init"]["macro_f1"]["mean"]
+        row["majority_f1"] = res.metrics["all"]["majority"]["macro_f1"]["mean"]
     return row
 
 
@@ -232,7 +252,9 @@ def run(name: str, seeds: int, steps: int, work_dir: Path, out_dir: Path, log=pr
     for variant, (kind, overrides) in spec["variants"].items():
         shards, gspec = None, None
         for seed in range(seeds):
-            key = {"variant": variant, "seed": seed, "steps": steps, "graph": kind, "overrides": overrides}
+            # protocol 2: held-out cells only, label-free graphs, controls (rows recorded before are not reused)
+            key = {"variant": variant, "seed": seed, "steps": steps, "graph": kind, "overrides": overrides,
+                   "protocol": 2}
             prior = [r for r in done if all(r.get(k) == v for k, v in key.items())]
             if prior:
                 rows.append({"variant": variant, "seed": seed, **prior[-1]["metrics"]})
