@@ -9,7 +9,9 @@ Integrity: once a save has finalised, a background thread writes
 `grn_jax_integrity.json` (SHA-256 of every file) into the step directory.
 Restoring verifies it: a checkpoint whose files changed is refused with
 `CheckpointError`; one without the record (the process died before the save
-completed) is reported and skipped by `latest_valid_step`. Arrays are restored
+completed) is reported and skipped by `latest_valid_step`; `restore_latest`
+(what a resuming run uses) restores and seals the newest such step, or deletes
+it when it cannot be restored. Arrays are restored
 directly into the shardings of the *current* mesh, which may differ from the
 mesh that saved them.
 """
@@ -21,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import threading
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +32,8 @@ import jax
 import orbax.checkpoint as ocp
 
 INTEGRITY_FILE = "grn_jax_integrity.json"
+# Fault injection for tests: the step whose seal is never written (SIGKILL right after orbax commits it).
+FAULT_SEAL_ENV = "GRN_JAX_FAULT_BEFORE_SEAL"
 
 
 class _NoMetricsWarning(logging.Filter):
@@ -110,6 +115,11 @@ class Checkpointer:
 
     def _seal(self, step: int) -> None:
         self._mngr.wait_until_finished()
+        if os.environ.get(FAULT_SEAL_ENV) == str(step):  # tests: die after orbax committed, before the seal
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._write_seal(step)
+
+    def _write_seal(self, step: int) -> None:
         if jax.process_index() != 0:
             return
         step_dir = self.directory / str(step)
@@ -184,10 +194,39 @@ class Checkpointer:
             return step
         return None
 
+    def restore_latest(self, abstract_state: Any, report=print) -> Optional[Restored]:
+        """Restore the newest checkpoint to resume from (None if there is none).
+
+        A sealed step is verified (corrupt ones raise). A step orbax committed but
+        that has no seal (the process died between the two) is restored without the
+        check -- orbax renames a step into place only once all its files are written
+        -- and sealed once that restore succeeds; if it cannot be restored it is
+        deleted (the rerun trains and saves it again) and the next older step is tried.
+        Without this, the rerun would retrain that step and find it already saved.
+        """
+        for step in reversed(self.all_steps()):
+            if (self.directory / str(step) / INTEGRITY_FILE).is_file():
+                return self.restore(step, abstract_state)
+            try:
+                restored = self._restore_items(step, abstract_state)
+            except CheckpointError as e:
+                report(f"checkpoint step {step} was committed but never sealed and cannot be restored ({e}); "
+                       f"deleting it so the run can save that step again")
+                self._mngr.delete(step)
+                continue
+            self._write_seal(step)
+            report(f"checkpoint step {step} was committed but never sealed (the run stopped in between); it "
+                   f"restored completely, so it is now sealed")
+            return restored
+        return None
+
     # -------------------------------------------------------------- restore
     def restore(self, step: int, abstract_state: Any) -> Restored:
         """Restore `step` into the layout of `abstract_state` (ShapeDtypeStructs with shardings)."""
         self.verify(step)
+        return self._restore_items(step, abstract_state)
+
+    def _restore_items(self, step: int, abstract_state: Any) -> Restored:
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             data=ocp.args.JsonRestore(),

@@ -101,11 +101,15 @@ def _evaluate(eval_fn, params, val_batches, mesh) -> dict:
     totals = {"loss_sum": 0.0, "n_masked": 0.0, "correct": 0.0}
     for i, local in enumerate(val_batches):
         out = jax.device_get(eval_fn(params, sh.global_batch(local, mesh), np.int32(i)))
-        for k in totals:
-            totals[k] += float(out[k])
+        for k in out:
+            totals[k] = totals.get(k, 0.0) + float(out[k])
     n = max(totals["n_masked"], 1.0)
-    return {"val_loss": totals["loss_sum"] / n, "val_accuracy": totals["correct"] / n,
-            "val_masked": int(totals["n_masked"])}
+    res = {"val_loss": totals["loss_sum"] / n, "val_accuracy": totals["correct"] / n,
+           "val_masked": int(totals["n_masked"])}
+    if "n_cell_tokens" in totals:  # the cell-embedding objective (every gene's bin from the pooled embedding)
+        m = max(totals["n_cell_tokens"], 1.0)
+        res.update(val_cell_loss=totals["cell_loss_sum"] / m, val_cell_accuracy=totals["cell_correct"] / m)
+    return res
 
 
 def _write_json(path: Path, obj) -> None:
@@ -161,15 +165,17 @@ def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainR
     ckpt = Checkpointer(run_dir / "checkpoints", every=t.checkpoint_every, keep_last=t.keep_last,
                         keep_best=t.keep_best, async_save=t.async_checkpoint)
     resolved = {**cfg.to_dict(), "tokenization": data.tokenization}  # read back by grn_jax.inference
-    start = ckpt.latest_valid_step(report=log)
+    restored = None
+    if ckpt.all_steps():
+        abstract, shardings, n_unfitted = state_shardings(init_params, tx, mesh, rng)
+        restored = ckpt.restore_latest(abstract_with_shardings(abstract, shardings), report=log)
     train_iter = data.train_iterator(batch_size=t.batch_size // jax.process_count(), seed=t.seed)
-    if start is None:
+    if restored is None:
         init = init_sharded_state(init_params, tx, mesh, rng)
         state, shardings, n_unfitted = init.state, init.shardings, init.n_unfitted
         start = 0
     else:
-        abstract, shardings, n_unfitted = state_shardings(init_params, tx, mesh, rng)
-        restored = ckpt.restore(start, abstract_with_shardings(abstract, shardings))
+        start = restored.step
         _check_resume_config(restored.config, resolved, start, log)
         if restored.vocab != data.vocab:
             raise ValueError(f"data.shards: the vocabulary of {cfg.data.shards} differs from the one saved in "

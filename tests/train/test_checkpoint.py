@@ -93,6 +93,40 @@ def test_partial_checkpoint_is_skipped_and_reported(tmp_path, state1):
     ck.close()
 
 
+def test_resume_seals_a_committed_but_unsealed_newest_step(tmp_path, state1):
+    ck = _save(tmp_path, state1, [(1, None), (2, None)], keep_last=3)
+    seal = tmp_path / "2" / INTEGRITY_FILE
+    original = json.loads(seal.read_text())
+    seal.unlink()  # as if killed after orbax committed step 2, before its seal was written
+    reports = []
+    restored = ck.restore_latest(_target(_mesh((1, 1, 1))), report=reports.append)
+    assert restored.step == 2 and restored.data_state == {"pos": 2}
+    for a, b in zip(jax.tree_util.tree_leaves(restored.state), jax.tree_util.tree_leaves(state1)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(reports) == 1 and "step 2 was committed but never sealed" in reports[0] and "now sealed" in reports[0]
+    assert json.loads(seal.read_text()) == original  # the new seal records the bytes that were saved
+    ck.verify(2)
+    # a rerun that reaches step 2 again does not try to save it twice (the old failure)
+    assert not ck.save(2, state1, data_state={"pos": 2}, config={"name": "t"}, vocab={"genes": ["A", "B"]})
+    ck.close()
+
+
+def test_resume_deletes_an_unsealed_step_it_cannot_restore(tmp_path, state1):
+    ck = _save(tmp_path, state1, [(1, None), (2, None)], keep_last=3)
+    (tmp_path / "2" / INTEGRITY_FILE).unlink()
+    for victim in (tmp_path / "2" / "state").glob("ocdbt.process_*/d/*"):  # the array data, torn
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    reports = []
+    restored = ck.restore_latest(_target(_mesh((1, 1, 1))), report=reports.append)
+    assert restored.step == 1 and "step 2 was committed but never sealed and cannot be restored" in reports[0]
+    assert ck.all_steps() == [1] and not (tmp_path / "2").exists()
+    # the rerun can save step 2 again
+    assert ck.save(2, state1, data_state={"pos": 2}, config={"name": "t"}, vocab={"genes": ["A", "B"]}, force=True)
+    ck.wait()
+    ck.verify(2)
+    ck.close()
+
+
 def test_no_pickle_in_checkpoints(tmp_path, state1):
     _save(tmp_path, state1, [(1, None)]).close()
     for f in (tmp_path / "1").rglob("*"):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import yaml
@@ -48,11 +49,11 @@ def cli(shards, tmp_path_factory):
     """Run `grn-jax pretrain --config <yaml>` in a subprocess; all runs share one XLA compilation cache."""
     cache = tmp_path_factory.mktemp("xla_cache")
 
-    def run(run_dir: Path, fault: str = ""):
+    def run(run_dir: Path, fault: str = "", env: dict | None = None):
         cfg_path = run_dir.parent / "run.yaml"
         cfg_path.write_text(yaml.safe_dump(_tree(shards, run_dir)))
         env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),
-               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", FAULT_ENV: fault}
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", FAULT_ENV: fault, **(env or {})}
         return subprocess.run([sys.executable, "-m", "grn_jax.cli", "pretrain", "--config", str(cfg_path)],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
@@ -109,6 +110,33 @@ def test_sigterm_then_sigkill_then_resume_is_bitwise_identical(cli, reference, t
     assert sorted(after) == list(range(STEPS))
     for step in range(STEPS):
         assert after[step] == ref[step], f"step {step}: {after[step]!r} != uninterrupted {ref[step]!r}"
+
+
+@pytest.mark.slow  # two CLI runs (~60 s); the deleted-seal case is fast in test_checkpoint.py
+def test_kill_between_the_final_save_and_its_seal_then_rerun_finishes(cli, reference, tmp_path):
+    """SIGKILL after orbax committed the last step but before its seal: the rerun used to retrain
+    the last steps and fail with "Checkpoint for step 10 already exists"."""
+    from grn_jax.inference import load_pretrained
+    from grn_jax.train.checkpoint import FAULT_SEAL_ENV, INTEGRITY_FILE
+
+    ref_dir, ref = reference
+    run_dir = tmp_path / "run"
+    killed = cli(run_dir, env={FAULT_SEAL_ENV: str(STEPS)})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    final = run_dir / "checkpoints" / str(STEPS)
+    assert final.is_dir() and not (final / INTEGRITY_FILE).exists()
+    rerun = cli(run_dir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"checkpoint step {STEPS} was committed but never sealed" in rerun.stdout
+    assert f"pretrain: {STEPS} steps done (started at {STEPS})" in rerun.stdout
+    ck = Checkpointer(run_dir / "checkpoints", every=3)
+    ck.verify(STEPS)
+    ck.close()
+    assert _losses(run_dir) == ref
+    ours, theirs = load_pretrained(run_dir), load_pretrained(ref_dir)
+    assert ours.step == theirs.step == STEPS
+    for a, b in zip(jax.tree_util.tree_leaves(ours.params), jax.tree_util.tree_leaves(theirs.params)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_nan_guard_names_step_and_last_checkpoint(shards, tmp_path):
