@@ -12,6 +12,11 @@ gives `<task>.json` + `<task>.md` (`grn-jax eval TASK ...`):
 - `evaluate_attention`: TF enrichment ratio rho with a permutation null (GRNFormer §4.6).
 
 The `*_scores` functions are the same evaluations on precomputed feature arrays.
+
+Controls (`grn_jax.tasks.controls`): annotation, edge prediction and the probe carry a
+`random_init` row (the checkpoint's architecture and seed at initialisation; annotation
+also `majority` and `chance`), score only cells the run never trained on, and refuse
+graphs chosen by a cell's label (use one pooled network or kNN graph integration).
 """
 
 from grn_jax.tasks.annotation import annotation_scores, evaluate_annotation
