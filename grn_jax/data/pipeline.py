@@ -29,6 +29,7 @@ from grn_jax.data.shards import ShardWriter
 from grn_jax.data.tokenize import _COUNT_KEYS, tokenize_block
 from grn_jax.data.validate import check_block, check_gene_names
 from grn_jax.data.vocab import GeneVocab
+from grn_jax.graphs.diagnostics import GraphDiagnostics, format_graph_diagnostics, shared_network_types
 from grn_jax.types import BinSpec, GeneNetwork
 
 GraphSpec = Union[None, GeneNetwork, Mapping[str, GeneNetwork], GraphSource,
@@ -146,6 +147,7 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
         try:
             counts = dict.fromkeys(_COUNT_KEYS, 0)
             lengths, edge_counts = [], []
+            diag = {k: GraphDiagnostics() for k, s_ in (("graph", gsrc), ("cell_graph", csrc)) if s_ is not None}
             t_tok = time.perf_counter()
             # pass 2: tokenise kept cells, chunk by chunk
             for start, block in src.chunks(config.shards.chunk_cells):
@@ -160,6 +162,9 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
                     counts[k] += v
                 lengths.append(t.lengths)
                 edge_counts.append(np.diff(t.graph.ptr))
+                for k, g in (("graph", t.graph), ("cell_graph", t.cell_graph)):
+                    if k in diag:
+                        diag[k].add(t.lengths, g.ptr, g.src, g.dst, g.weight)
                 writer.add(t)
             t_tok = time.perf_counter() - t_tok
             if gsrc is not None and not notes:
@@ -194,6 +199,10 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
                 "cell_graph": getattr(csrc, "report", None) if csrc is not None else "none",
                 "seconds": {"total": None, "tokenize_pass": round(t_tok, 3)},
                 "warnings": notes,
+                # coverage, density, fallbacks and diffusion strength (at GREmLN's default beta 0.1)
+                "graph_diagnostics": {k: d.summary(beta=0.1, fell_back=_fell_back({"graph": graph,
+                                                                                   "cell_graph": cell_graph}[k]))
+                                      for k, d in diag.items()},
             }
             manifest = {"vocab": vocab.to_dict(), "bin_spec": dataclasses.asdict(BinSpec(tok.n_bins)),
                         "seq_buckets": list(s_b), "edge_buckets": list(e_b), "config": config.to_dict(),
@@ -209,6 +218,11 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
             raise
     finally:
         src.close()
+
+
+def _fell_back(spec: GraphSpec) -> list:
+    """Cell types of a per-type network mapping that share the pooled network (none for other specs)."""
+    return shared_network_types(spec) if isinstance(spec, Mapping) else []
 
 
 def _network_edges_kept(gsrc) -> Optional[int]:
@@ -264,5 +278,7 @@ def format_summary(summary: dict) -> str:
         f"shards           {summary['shards']} in {summary['out_dir']} (content hash "
         f"{summary['content_hash'][:16]})",
         f"time             {summary['seconds']['total']:.2f} s",
-    ] + [f"WARNING          {w}" for w in summary.get("warnings", [])]
+    ] + [f"graph check      {line}" for k, d in summary.get("graph_diagnostics", {}).items()
+         for line in format_graph_diagnostics(d, k).splitlines()] \
+      + [f"WARNING          {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)
