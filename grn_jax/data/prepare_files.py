@@ -64,7 +64,11 @@ def _read_networks(network: Optional[str], networks_dir: Optional[str]):
     for col in ("cell_type", "file"):
         if col not in table.columns:
             raise ValueError(f"{str(summary)!r} lacks the column {col!r}")
-    return {str(r.cell_type): read_network(Path(networks_dir) / r.file) for r in table.itertuples() if r.file}
+    cache = {}  # one object per file: types that fell back share the pooled file, and so its network
+    for f in table["file"]:
+        if f and f not in cache:
+            cache[f] = read_network(Path(networks_dir) / f)
+    return {str(r.cell_type): cache[r.file] for r in table.itertuples() if r.file}
 
 
 def prepare_files(input_path: str, out_dir: str, *, config_path: Optional[str] = None,
