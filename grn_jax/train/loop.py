@@ -1,6 +1,6 @@
 """`pretrain(config)`: the whole pretraining run, resumable, on any mesh.
 
-Order of business: multi-host init -> data (this host's shard) -> mesh ->
+Order of business: multi-host init -> the run directory's lock -> data (this host's shard) -> mesh ->
 model + sharded state (restored from the newest complete checkpoint in the run
 directory if there is one) -> compiled step -> loop. The loop logs every step
 to metrics.jsonl, validates periodically, checkpoints every N steps, stops
@@ -27,6 +27,7 @@ from grn_jax.train.checkpoint import Checkpointer
 from grn_jax.train.metrics import MetricsWriter, truncate_after
 from grn_jax.train.optim import make_optimizer
 from grn_jax.train.provenance import provenance
+from grn_jax.train.run_lock import hold_run_lock
 from grn_jax.train.state import abstract_with_shardings, init_sharded_state, state_shardings
 from grn_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 from grn_jax.train.trivial import trivial_val_metrics, with_controls
@@ -140,17 +141,25 @@ def _check_resume_config(saved: dict, current: dict, step: int, log=print) -> No
 
 
 def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainResult:
-    """Run (or resume) pretraining as configured; see the module docstring."""
+    """Run (or resume) pretraining as configured; see the module docstring.
+
+    Holds the run directory's lock (`grn_jax.train.run_lock`) throughout: a second
+    run on the same directory fails at once with `RunLockedError` naming this one's pid.
+    """
+    distributed.maybe_initialize()
+    run_dir = Path(cfg.train.run_dir).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with hold_run_lock(run_dir, log=log, enabled=jax.process_index() == 0):
+        return _pretrain(cfg, run_dir, log)
+
+
+def _pretrain(cfg: RunConfig, run_dir: Path, log: Callable[[str], None]) -> PretrainResult:
     from grn_jax.config import dump_run_config, resolve_vocab_size
     from grn_jax.train.model_fns import model_fns
     from grn_jax.models.summary import count_params
     from grn_jax.train.data import open_train_data
 
-    distributed.maybe_initialize()
     t = cfg.train
-    run_dir = Path(t.run_dir).absolute()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
     data = open_train_data(cfg, process_index=jax.process_index(), process_count=jax.process_count(), log=log)
     cfg = resolve_vocab_size(cfg, data.vocab_size)
     if cfg.model.n_bins != data.n_bins:
