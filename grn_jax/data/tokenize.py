@@ -1,4 +1,4 @@
-"""Tokenise blocks of cells: rank bins, top-`max_genes` selection, optional neighbour tokens, graph edges.
+"""Tokenise blocks of cells: top-`max_genes` selection, rank bins of the kept tokens, neighbours, graph edges.
 
 Works on a CSR block whose columns are vocabulary ids, vectorised over all
 cells of the block (no per-cell Python loop). The output is ragged
@@ -113,10 +113,8 @@ def tokenize_block(block: sp.csr_matrix, totals: np.ndarray, cell_index: np.ndar
     counts = dict.fromkeys(_COUNT_KEYS, 0)
     per_cell = np.diff(block.indptr)
 
-    # 1. rank bins over every expressed vocabulary gene, in CSR order
+    # 1. keep the max_genes highest (ties at the cut: higher gene index first, deterministic)
     less, equal = row_ranks(block.indptr, block.data)
-    bins_csr = bins_from_ranks(less, np.repeat(per_cell, per_cell), cfg.n_bins)
-    # 2. keep the max_genes highest (ties at the cut: higher gene index first, deterministic)
     keep = None
     if np.any(per_cell > cfg.max_genes):
         keep = top_k_mask(block.indptr, block.data, less, equal, cfg.max_genes)
@@ -124,12 +122,16 @@ def tokenize_block(block: sp.csr_matrix, totals: np.ndarray, cell_index: np.ndar
         counts["cells_truncated"] = int((per_cell > cfg.max_genes).sum())
     if keep is None:  # CSR order is already (cell, vocabulary id)
         token_ptr = block.indptr.astype(np.int64)
-        genes, bins, raw = block.indices, bins_csr, block.data
+        genes, raw = block.indices, block.data
     else:
         idx = np.flatnonzero(keep)
         token_ptr = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])[block.indptr]
-        genes, bins, raw = block.indices.take(idx), bins_csr.take(idx), block.data.take(idx)
+        genes, raw = block.indices.take(idx), block.data.take(idx)
+        less, _ = row_ranks(token_ptr, raw)
     lengths = np.diff(token_ptr)
+    # 2. rank bins over exactly the tokens the model sees (after truncation), in CSR order: binning before
+    #    truncation put every kept token of a truncated cell into the top bins
+    bins = bins_from_ranks(less, np.repeat(lengths, lengths), cfg.n_bins)
     rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
     if normalized_input:
         vals = raw.astype(np.float32)

@@ -56,3 +56,28 @@ class ClassificationHead(nn.Module):
         else:
             names = (axes.EMBED, axes.CLASSES)
         return dense(self.n_classes, names, "logits", self.dtype)(h).astype(jnp.float32)
+
+
+class CellExpressionHead(nn.Module):
+    """Each gene's bin predicted from the CELL embedding and the gene's identity only (scGPT's GEPC/MVC idea).
+
+    logits_g = W2 gelu(W_c cell + W_g gene_g + b) + b2, for every token position g.
+    The token's own hidden state is not an input: the only way the cell's
+    expression reaches the prediction is through the [B, D] cell embedding, so
+    training this head makes the pooled embedding carry the cell's expression
+    profile (the masked-bin head alone lets each token encode its own bin and
+    leaves the pooled embedding nearly the same for every cell). Logits float32.
+    """
+
+    n_bins: int
+    hidden_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, cell_BxD, gene_emb_BxSxH):
+        c_BxF = dense(self.hidden_dim, (axes.EMBED, axes.MLP), "cell_proj", self.dtype)(cell_BxD.astype(self.dtype))
+        g_BxSxF = dense(self.hidden_dim, (axes.EMBED, axes.MLP), "gene_proj", self.dtype)(
+            gene_emb_BxSxH.astype(self.dtype))
+        h_BxSxF = nn.gelu(g_BxSxF + c_BxF[:, None, :], approximate=False)
+        logits = dense(self.n_bins, (axes.MLP, axes.CLASSES), "decoder", self.dtype)(h_BxSxF)
+        return nn.with_logical_constraint(logits.astype(jnp.float32), (axes.BATCH, axes.GENES, axes.CLASSES))

@@ -87,6 +87,9 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     mask_rate: float = 0.3
+    # weight of the cell-embedding objective (models.heads.CellExpressionHead): every gene's bin predicted
+    # from the pooled cell embedding; 0 = the papers' masked-bin objective alone (see README, "Objective")
+    cell_loss_weight: float = 1.0
     seed: int = 0
     param_dtype: str = "float32"
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -111,6 +114,9 @@ class TrainConfig:
                f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}; "
                f"pick grad_accum among the divisors of batch_size")
         _check(0.0 < self.mask_rate < 1.0, "train.mask_rate", f"must be in (0, 1), got {self.mask_rate}")
+        _check(isinstance(self.cell_loss_weight, (int, float)) and not isinstance(self.cell_loss_weight, bool)
+               and self.cell_loss_weight >= 0, "train.cell_loss_weight",
+               f"must be a number >= 0 (0 = masked-bin objective only), got {self.cell_loss_weight!r}")
         _check(0.0 <= self.val_fraction < 1.0, "train.val_fraction",
                f"must be in [0, 1), got {self.val_fraction}")
         _check(self.param_dtype == "float32", "train.param_dtype",

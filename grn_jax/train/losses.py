@@ -35,3 +35,16 @@ def masked_bin_correct(logits_BxSxC, targets_BxS, loss_mask_BxS):
 def safe_mean(total, count):
     """total / count, and 0 when nothing was counted (a batch with no masked position)."""
     return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
+
+
+def cell_expression_targets(bins_BxS, targets_BxS, loss_mask_BxS, token_mask_BxS, n_bins: int):
+    """(true bin of every gene token, which positions count) for the cell-embedding objective.
+
+    Masked positions take their hidden true bin from `targets`, visible ones
+    their input bin; CLS (position 0), padding and non-bin ids never count.
+    """
+    s = bins_BxS.shape[1]
+    true_BxS = jnp.where(loss_mask_BxS, targets_BxS, bins_BxS)
+    genes_BxS = token_mask_BxS.astype(bool) & (jnp.arange(s) > 0)[None, :]
+    valid_BxS = genes_BxS & (true_BxS >= 0) & (true_BxS < n_bins)
+    return jnp.where(valid_BxS, true_BxS, 0), valid_BxS

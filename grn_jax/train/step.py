@@ -30,13 +30,32 @@ MaskFn = Callable[[jax.Array, Any], Any]
 EVAL_SEED_OFFSET = 1_000_003  # validation masks come from a key stream disjoint from training
 
 
-def _sums(apply_fn: ApplyFn, params, batch, rng, deterministic: bool):
+def _sums(apply_fn: ApplyFn, params, batch, rng, deterministic: bool, cfg: TrainConfig):
+    """(objective sum, sums) of one micro-batch: masked-bin CE (+ the weighted cell-embedding CE).
+
+    `apply_fn` returns the masked-bin logits, or (masked-bin logits, cell-head
+    logits). Everything is a sum, so micro-batches and shards add up exactly;
+    the caller divides by the masked-token count. The cell term is scaled by
+    `mask_rate` so that weight 1 gives it about the weight of the masked-bin
+    term (it counts every gene token, the other only the masked ones).
+    """
     k_drop, k_sample, k_perturb = jax.random.split(rng, 3)
     rngs = {"dropout": k_drop, "sample": k_sample, "perturb": k_perturb}
-    logits = apply_fn(params, batch, deterministic=deterministic, rngs=rngs)
+    out = apply_fn(params, batch, deterministic=deterministic, rngs=rngs)
+    logits, cell_logits = out if isinstance(out, tuple) else (out, None)
     ce_sum, count = losses.masked_bin_cross_entropy(logits, batch.targets, batch.loss_mask)
-    correct = losses.masked_bin_correct(logits, batch.targets, batch.loss_mask)
-    return ce_sum, (count, correct)
+    sums = {"ce_sum": ce_sum, "count": count,
+            "correct": losses.masked_bin_correct(logits, batch.targets, batch.loss_mask)}
+    objective = ce_sum
+    if cell_logits is not None:
+        tgt, valid = losses.cell_expression_targets(batch.bins, batch.targets, batch.loss_mask, batch.token_mask,
+                                                    cell_logits.shape[-1])
+        cell_sum, cell_count = losses.masked_bin_cross_entropy(cell_logits, tgt, valid)
+        sums.update(cell_sum=cell_sum, cell_count=cell_count,
+                    cell_correct=losses.masked_bin_correct(cell_logits, tgt, valid))
+        if cfg.cell_loss_weight > 0:
+            objective = objective + (cfg.cell_loss_weight * cfg.mask_rate) * cell_sum
+    return objective, sums
 
 
 def _split_micro(batch, n_micro: int):
@@ -59,29 +78,31 @@ def make_train_step(apply_fn: ApplyFn, mask_fn: MaskFn, tx: optax.GradientTransf
     n_micro = cfg.grad_accum
 
     def grads_and_sums(params, batch, rng):
-        grad_fn = jax.value_and_grad(lambda p, b, r: _sums(apply_fn, p, b, r, False), has_aux=True)
+        grad_fn = jax.value_and_grad(lambda p, b, r: _sums(apply_fn, p, b, r, False, cfg), has_aux=True)
         if n_micro == 1:
-            (ce_sum, (count, correct)), g_sum = grad_fn(params, batch, rng)
-            return g_sum, ce_sum, count, correct
+            (_, sums), g_sum = grad_fn(params, batch, rng)
+            return g_sum, sums
 
         def body(carry, xs):
-            g_acc, s_acc, c_acc, k_acc = carry
+            g_acc, s_acc = carry
             micro, i = xs
-            (s, (c, k)), g = grad_fn(params, micro, jax.random.fold_in(rng, i))
-            g_acc = jax.tree_util.tree_map(jnp.add, g_acc, g)
-            return (g_acc, s_acc + s, c_acc + c, k_acc + k), None
+            (_, s), g = grad_fn(params, micro, jax.random.fold_in(rng, i))
+            return (jax.tree_util.tree_map(jnp.add, g_acc, g), jax.tree_util.tree_map(jnp.add, s_acc, s)), None
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        zero = jnp.zeros((), jnp.float32)
-        (g_sum, ce_sum, count, correct), _ = jax.lax.scan(
-            body, (zeros, zero, zero, zero), (_split_micro(batch, n_micro), jnp.arange(n_micro)))
-        return g_sum, ce_sum, count, correct
+        first = jax.tree_util.tree_map(lambda x: x[0], _split_micro(batch, n_micro))
+        sum_shapes = jax.eval_shape(lambda: _sums(apply_fn, params, first, rng, False, cfg)[1])
+        zero_sums = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), sum_shapes)
+        (g_sum, sums), _ = jax.lax.scan(
+            body, (zeros, zero_sums), (_split_micro(batch, n_micro), jnp.arange(n_micro)))
+        return g_sum, sums
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
         mask_key, dropout_key = jax.random.split(key)
         batch = mask_fn(mask_key, batch)
-        g_sum, ce_sum, count, correct = grads_and_sums(state.params, batch, dropout_key)
+        g_sum, sums = grads_and_sums(state.params, batch, dropout_key)
+        ce_sum, count, correct = sums["ce_sum"], sums["count"], sums["correct"]
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom.astype(g.dtype), g_sum)
         loss = losses.safe_mean(ce_sum, count)
@@ -100,6 +121,9 @@ def make_train_step(apply_fn: ApplyFn, mask_fn: MaskFn, tx: optax.GradientTransf
             "n_masked": count,
             "finite": finite,
         }
+        if "cell_sum" in sums:
+            metrics["cell_loss"] = losses.safe_mean(sums["cell_sum"], sums["cell_count"])
+            metrics["cell_accuracy"] = losses.safe_mean(sums["cell_correct"], sums["cell_count"])
         return new, metrics
 
     return train_step
@@ -111,8 +135,12 @@ def make_eval_step(apply_fn: ApplyFn, mask_fn: MaskFn, cfg: TrainConfig) -> Call
     def eval_step(params, batch, batch_index):
         key = jax.random.fold_in(jax.random.key(cfg.seed + EVAL_SEED_OFFSET), batch_index)
         batch = mask_fn(key, batch)
-        ce_sum, (count, correct) = _sums(apply_fn, params, batch, key, True)
-        return {"loss_sum": ce_sum, "n_masked": count, "correct": correct}
+        _, sums = _sums(apply_fn, params, batch, key, True, cfg)
+        out = {"loss_sum": sums["ce_sum"], "n_masked": sums["count"], "correct": sums["correct"]}
+        if "cell_sum" in sums:
+            out.update(cell_loss_sum=sums["cell_sum"], n_cell_tokens=sums["cell_count"],
+                       cell_correct=sums["cell_correct"])
+        return out
 
     return eval_step
 

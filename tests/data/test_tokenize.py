@@ -30,15 +30,28 @@ def test_keeps_highest_bins_and_orders_by_vocab_id():
     b = block([{"a": 5, "b": 1, "c": 9, "d": 3, "e": 7}, {"f": 2}, {}])
     cfg = TokenizeConfig(n_bins=5, max_genes=3)
     t = tokenize_block(b, np.asarray(b.sum(1)).ravel() + 1, np.arange(3), cfg)
-    # cell 0: values a5 b1 c9 d3 e7 -> sorted 1,3,5,7,9 -> bins b1 d1 a2 e3 c4; keep top 3 = a, c, e
+    # cell 0: values a5 b1 c9 d3 e7; keep top 3 = a, c, e (5, 9, 7); bins are ranks among the KEPT tokens:
+    # m = 3, t = #smaller kept values: a0 e1 c2 -> bin 1 + floor((t (5-1) - 1) / (m-1)) = a1 e2 c4
     assert t.lengths.tolist() == [3, 1, 0]
     assert t.gene_ids[:3].tolist() == [3, 5, 7]
-    assert t.bins[:3].tolist() == [2, 4, 3]
+    assert t.bins[:3].tolist() == [1, 4, 2]
     assert t.gene_ids[3] == 8 and t.bins[3] == 1
     assert t.counts["genes_truncated"] == 2 and t.counts["cells_truncated"] == 1
-    # bins are those of the full cell, not recomputed after truncation
+    # the full cell's bins differ (a2 c4 e3): binning before truncation put every kept token in the top bins
     full = rank_bins(b, 5)
-    assert full[0, 3] == 2 and full[0, 5] == 4
+    assert full[0, 3] == 2 and full[0, 5] == 4 and full[0, 7] == 3
+    # an untruncated cell keeps exactly the full-cell bins (binning the kept tokens changes nothing there)
+    small = tokenize_block(b[:1], np.array([26.0]), np.arange(1), TokenizeConfig(n_bins=5, max_genes=5))
+    assert small.bins.tolist() == [full[0, j] for j in (3, 4, 5, 6, 7)]
+
+
+def test_bins_are_ranks_of_the_emitted_tokens_hand_computed():
+    # values 5 1 3 0 2 2 over a..f, keep 3: a5, c3 and of the tied 2s the higher gene index (f);
+    # kept values 5, 3, 2 -> t = 2, 1, 0 of m = 3 -> bins (n_bins 4) 1 + floor((3t - 1) / 2) = 3, 2, 1
+    b = block([{"a": 5, "b": 1, "c": 3, "e": 2, "f": 2}])
+    t = tokenize_block(b, np.array([13.0]), np.arange(1), TokenizeConfig(n_bins=4, max_genes=3))
+    assert t.gene_ids.tolist() == [TOKENS.index(g) for g in ("a", "c", "f")]
+    assert t.bins.tolist() == [3, 2, 1]
 
 
 def test_values_are_normalised_log1p():

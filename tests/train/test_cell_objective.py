@@ -1,0 +1,81 @@
+"""The cell-embedding objective: targets of every gene token, the weighted sum, and the head's inputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from grn_jax.testing import assert_allclose
+from grn_jax.train import losses
+from grn_jax.train.config import TrainConfig
+from grn_jax.train.step import _sums
+from grn_jax.types import BinSpec, GraphBatch, TokenBatch
+
+N_BINS = 4
+SPEC = BinSpec(N_BINS)
+
+
+def _batch():
+    # cell 0: CLS + 3 genes (position 2 masked, true bin 3); cell 1: CLS + 1 gene + padding
+    bins = np.array([[SPEC.cls_id, 1, SPEC.mask_id, 2], [SPEC.cls_id, 3, SPEC.pad_id, SPEC.pad_id]], np.int32)
+    targets = np.array([[0, 0, 3, 0], [0, 0, 0, 0]], np.int32)
+    loss_mask = np.array([[0, 0, 1, 0], [0, 0, 0, 0]], bool)
+    token_mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], bool)
+    z = np.zeros((2, 2), np.int32)
+    return TokenBatch(gene_ids=np.array([[2, 5, 6, 7], [2, 5, 0, 0]], np.int32), bins=bins, targets=targets,
+                      loss_mask=loss_mask, token_mask=token_mask,
+                      graph=GraphBatch(z, z, z.astype(np.float32), z.astype(bool)))
+
+
+def test_targets_are_true_bins_of_every_gene_token():
+    b = _batch()
+    tgt, valid = losses.cell_expression_targets(jnp.asarray(b.bins), jnp.asarray(b.targets),
+                                                jnp.asarray(b.loss_mask), jnp.asarray(b.token_mask), N_BINS)
+    assert np.asarray(valid).tolist() == [[False, True, True, True], [False, True, False, False]]
+    assert np.asarray(tgt)[0, 1:].tolist() == [1, 3, 2] and int(tgt[1, 1]) == 3
+
+
+def _log_softmax_ce(logits, t):
+    z = logits - logits.max(-1, keepdims=True)
+    return float(-(z[t] - np.log(np.exp(z).sum())))
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_objective_is_masked_ce_plus_weighted_cell_ce(weight):
+    b = _batch()
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 4, N_BINS)).astype(np.float32)
+    cell_logits = rng.normal(size=(2, 4, N_BINS)).astype(np.float32)
+    cfg = TrainConfig(mask_rate=0.25, cell_loss_weight=weight)
+    objective, sums = _sums(lambda p, batch, **kw: (jnp.asarray(logits), jnp.asarray(cell_logits)), None,
+                            jax.tree_util.tree_map(jnp.asarray, b), jax.random.key(0), True, cfg)
+    masked = _log_softmax_ce(logits[0, 2], 3)
+    cell = sum(_log_softmax_ce(cell_logits[r, p], t) for r, p, t in ((0, 1, 1), (0, 2, 3), (0, 3, 2), (1, 1, 3)))
+    assert float(sums["count"]) == 1 and float(sums["cell_count"]) == 4
+    assert_allclose(sums["ce_sum"], masked, np.float32)
+    assert_allclose(sums["cell_sum"], cell, np.float32)
+    assert_allclose(objective, masked + weight * 0.25 * cell, np.float32)
+
+
+def test_cell_head_reads_only_the_mean_embedding_and_gene_identity():
+    from grn_jax.models import build_model, example_batch, tiny
+    from grn_jax.models.heads import CellExpressionHead
+
+    cfg = tiny(gene_vocab_size=16, n_bins=N_BINS, d_model=16, n_layers=1, n_heads=2, mlp_dim=32,
+               attention="vanilla")
+    model = build_model(cfg)
+    batch = example_batch(cfg, batch_size=2, seq_len=8, num_edges=8)
+    import flax.linen as nn
+
+    params = nn.unbox(model.init({"params": jax.random.key(0)}, batch, deterministic=True)["params"])
+    out = model.apply({"params": params}, batch, deterministic=True)
+    gene_table = params["embed"]["gene"]["table"]["embedding"]
+    head = CellExpressionHead(N_BINS, cfg.d_model)
+    want = head.apply({"params": params["cell_head"]}, out.mean_embedding, gene_table[batch.gene_ids])
+    assert_allclose(out.cell_bin_logits, want, np.float32)
+    assert out.cell_bin_logits.shape == (2, 8, N_BINS)
+
+
+def test_cell_loss_weight_is_validated():
+    with pytest.raises(ValueError, match="cell_loss_weight"):
+        TrainConfig(cell_loss_weight=-1.0)
