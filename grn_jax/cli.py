@@ -11,6 +11,71 @@ import sys
 from typing import Callable, Sequence
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default (once: helps that already state one are left alone, None/False are not
+    shown) and hides deprecated spellings, which still parse."""
+
+    @staticmethod
+    def _shows_default(action) -> bool:
+        d = action.default
+        return bool(action.option_strings) and not (d is None or d is False or d == argparse.SUPPRESS)
+
+    def _get_help_string(self, action):
+        text = (action.help or "").strip()
+        if "default" in text.lower() or not self._shows_default(action):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+    def _format_action(self, action):
+        if not action.help and self._shows_default(action):
+            action.help = "(default: %(default)s)"  # an option without help text still shows its default
+        return super()._format_action(action)
+
+    def _format_action_invocation(self, action):
+        old = getattr(action, "deprecated_spellings", ())
+        if not old:
+            return super()._format_action_invocation(action)
+        shown = argparse.Action([o for o in action.option_strings if o not in old], action.dest, nargs=action.nargs,
+                                metavar=action.metavar)
+        return super()._format_action_invocation(shown)
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose subparsers (of any depth) all show defaults (`_HelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _renamed(p, new: str, *old: str, **kwargs):
+    """Add option `new` that also parses its old spellings `old` (hidden in --help; warn when used)."""
+    if kwargs.get("action") is None:
+        kwargs.setdefault("metavar", new.lstrip("-").upper().replace("-", "_"))
+    action = p.add_argument(new, *old, **kwargs)
+    action.deprecated_spellings = old
+    return action
+
+
+def _warn_deprecated_spellings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """One FutureWarning per old option spelling used in `argv` (they are kept as aliases for a while)."""
+    import warnings
+
+    actions, node = list(parser._actions), parser
+    for tok in argv:  # walk down the chosen subcommands, collecting their options
+        sub = next((a for a in node._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is not None and tok in sub.choices:
+            node = sub.choices[tok]
+            actions += node._actions
+    old = {o: a for a in actions for o in getattr(a, "deprecated_spellings", ())}
+    for tok in argv:
+        name = tok.split("=", 1)[0]
+        if name in old:
+            new = next(o for o in old[name].option_strings if o.startswith("--") and o not in
+                       old[name].deprecated_spellings)
+            warnings.warn_explicit(f"{name} is deprecated; use {new} (same meaning)", FutureWarning, "grn-jax", 0)
+
+
 def _add_version(sub) -> None:
     p = sub.add_parser("version", help="print the grn_jax version")
 
@@ -56,7 +121,8 @@ def _add_prepare(sub) -> None:
     o.add_argument("--layer", dest="ingest.layer", default=None, help="layer holding counts")
     o.add_argument("--use-raw", dest="ingest.use_raw", action="store_const", const=True, help="counts in .raw")
     o.add_argument("--gene-column", dest="ingest.gene_column", default=None, help="var column of gene ids")
-    o.add_argument("--cell-type-column", dest="ingest.cell_type_column", default=None, help="obs column of types")
+    _renamed(o, "--label-key", "--cell-type-column", dest="ingest.cell_type_column", default=None,
+             help="obs column of cell types (needed with --networks-dir)")
     o.add_argument("--normalized-input", dest="ingest.normalized_input", action="store_const", const=True,
                    help="values are already normalised: skip the integer check and UMI bounds")
     o.add_argument("--backed", dest="ingest.backed", action="store_const", const=True, help="force backed mode")
@@ -122,7 +188,8 @@ def _add_grn(sub) -> None:
     q = gsub.add_parser("infer", help="one ARACNe network per cell type of an .h5ad (+ summary)")
     q.add_argument("data", help="input .h5ad with counts in X (or --layer)")
     q.add_argument("--out", required=True, help="output folder: networks/, summary.tsv/json, labels.tsv")
-    q.add_argument("--cell-type-key", default=None, help="obs column of cell types (default: Leiden clusters)")
+    _renamed(q, "--label-key", "--cell-type-key", dest="cell_type_key", default=None,
+             help="obs column of cell types (default: Leiden clusters)")
     q.add_argument("--layer", default=None, help="layer holding raw counts (default: X)")
     q.add_argument("--regulators", default="human",
                    help="regulator list file (one gene per line), 'human' for the shipped 1,639 human TFs, or "
@@ -149,7 +216,7 @@ def _add_grn(sub) -> None:
     q.add_argument("--subnetworks", choices=("bootstrap", "clusters"), default="bootstrap",
                    help="consensus over bootstraps (ARACNe-AP) or over Leiden sub-clusters (GREmLN)")
     q.add_argument("--cluster-method", choices=("leiden", "louvain"), default="leiden")
-    q.add_argument("--resolution", type=float, default=1.0, help="clustering resolution without --cell-type-key")
+    q.add_argument("--resolution", type=float, default=1.0, help="clustering resolution without --label-key")
     q.add_argument("--format", choices=("tsv", "parquet"), default="tsv", help="network file format")
     q.add_argument("--seed", type=int, default=0)
 
@@ -177,11 +244,13 @@ def _add_grn(sub) -> None:
 
     a = gsub.add_parser("assign", help="networks for new cells by kNN graph integration (GREmLN eqs. 1-3)")
     a.add_argument("query", help=".h5ad of the new cells (their labels are never used)")
-    a.add_argument("--networks", required=True, help="the --out folder of `grn-jax grn infer`")
-    a.add_argument("--train", required=True, help="the .h5ad `grn infer` was run on (training cells)")
+    _renamed(a, "--networks-dir", "--networks", dest="networks", required=True,
+             help="the --out folder of `grn-jax grn infer`")
+    _renamed(a, "--reference", "--train", dest="train", required=True,
+             help="the .h5ad `grn infer` was run on (training cells)")
     a.add_argument("--out", required=True, help="output folder: posterior.tsv, cell_edges.parquet, report.json")
     a.add_argument("--layer", default=None, help="layer holding raw counts in both files (default: X)")
-    a.add_argument("--k", type=int, default=15, help="neighbours of the kNN type classifier")
+    _renamed(a, "--knn-k", "--k", dest="k", type=int, default=15, help="neighbours of the kNN type classifier")
     a.add_argument("--alpha", type=float, default=0.05, help="keep an edge when its exclusion probability <= alpha")
     a.add_argument("--seed", type=int, default=0)
 
@@ -263,11 +332,14 @@ def _user_errors(name: str, fn: Callable) -> Callable:
     return run
 
 
-def _add_graph_args(p) -> None:
+def _add_graph_args(p, label_flag: str = "--label-key") -> None:
+    """Graph options of embed/eval/finetune. label_flag: the name of the cell-type column option; commands whose
+    --label-key means the labels to predict call it --graph-label-key."""
     g = p.add_argument_group("graphs for the cells (as in training)")
     g.add_argument("--network", default=None, help="one GRN file (.tsv/.parquet) for every cell")
     g.add_argument("--networks-dir", default=None, help="per-cell-type GRNs folder written by `grn-jax grn infer`")
-    g.add_argument("--cell-type-column", default=None, help="obs column with the cells' types (types known)")
+    _renamed(g, label_flag, "--cell-type-column", dest="cell_type_column", default=None,
+             help="obs column with the cells' types, picking each cell's network from --networks-dir (types known)")
     g.add_argument("--reference", default=None,
                    help="training .h5ad labelled in NETWORKS_DIR/labels.tsv: kNN graph integration for unseen cells")
     g.add_argument("--reference-layer", default=None, help="layer of --reference holding counts (default: X)")
@@ -350,7 +422,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("--eval-every", type=int, default=20, help="validate every N steps (0 = never)")
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    _add_graph_args(p)
+    _add_graph_args(p, "--graph-label-key")  # --label-key: the classes to learn
 
     def run(args) -> int:
         from grn_jax.inference.finetune import FinetuneConfig, finetune
@@ -372,12 +444,13 @@ def _add_eval(sub) -> None:
 
     def common(name: str, help_: str):
         q = tsub.add_parser(name, help=help_)
+        label_flag = "--graph-label-key" if name == "annotation" else "--label-key"  # annotation: --label-key
         q.add_argument("data", help="evaluation .h5ad (counts as in pretraining)")
         q.add_argument("--checkpoint", required=True, help="pretraining run directory or export folder")
         q.add_argument("--out", required=True, help="output folder for <task>.json and <task>.md")
         q.add_argument("--batch-size", type=int, default=32, help="cells per forward pass (no effect on results)")
         q.add_argument("--seed", type=int, default=0)
-        _add_graph_args(q)
+        _add_graph_args(q, label_flag)  # = the labels to predict
         return q
 
     def vanilla(q):
@@ -486,7 +559,7 @@ def _add_bench(sub) -> None:
     d.add_argument("--width", type=int, default=512, help="Q width (heads x head dim)")
     d.add_argument("--beta", type=float, default=0.1)
     d.add_argument("--reps", type=int, default=5)
-    d.add_argument("--out-dir", default=None, help="default: benchmarks/results")
+    _renamed(d, "--out", "--out-dir", dest="out_dir", default=None, help="results folder (default: benchmarks/results)")
 
     def run_diffusion(args) -> int:
         _load_benchmark("bench_diffusion").run(tuple(args.sizes), args.batch, args.width, args.beta, args.reps,
@@ -515,7 +588,10 @@ _REGISTRARS: list[Callable] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grn-jax", description=__doc__.splitlines()[0])
+    from grn_jax import __version__  # grn_jax/__init__ is lazy: this imports no JAX
+
+    parser = _Parser(prog="grn-jax", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"grn-jax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for register in _REGISTRARS:
         register(sub)
@@ -524,7 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    _warn_deprecated_spellings(parser, argv)
     from grn_jax.runtime import tune_host_allocator  # noqa: PLC0415
 
     tune_host_allocator()  # freed XLA buffers are reused, not page-faulted in on every step

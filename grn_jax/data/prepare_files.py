@@ -80,7 +80,7 @@ def prepare_files(input_path: str, out_dir: str, *, config_path: Optional[str] =
     vocab = GeneVocab.load(vocab_path) if vocab_path else None
     graph = _read_networks(network, networks_dir)
     if isinstance(graph, dict) and cfg.ingest.cell_type_column is None:
-        raise ValueError("--networks-dir gives one network per cell type: also set --cell-type-column")
+        raise ValueError("--networks-dir gives one network per cell type: also set --label-key (the obs column of cell types)")
     return prepare(input_path, out_dir, cfg, vocab=vocab, graph=graph, overwrite=overwrite,
                    allow_empty_graph=allow_empty_graph)
 

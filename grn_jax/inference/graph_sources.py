@@ -64,8 +64,8 @@ def check_graph_matches_training(spec: GraphSpec, training_graph, where: str) ->
     trained_with = training_graph not in (None, "none")
     if trained_with and not spec.given:
         raise ValueError(f"{where}: the model was trained with per-cell graphs but no graph was given; pass the "
-                         "network(s) used in training (--network, or --networks-dir with --cell-type-column or "
-                         "--reference for unseen cells)")
+                         "network(s) used in training (--network, or --networks-dir with --label-key (--graph-label-key in "
+                         "finetune / eval annotation) or --reference for unseen cells)")
     if not trained_with and spec.given:
         raise ValueError(f"{where}: the model was trained without graphs; drop --network/--networks-dir")
 
