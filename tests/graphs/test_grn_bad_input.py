@@ -27,7 +27,7 @@ def _fails(capsys, argv, *needles):
 
 
 def _infer(path, out):
-    return ["grn", "infer", str(path), "--out", str(out), "--cell-type-key", "cell_type"]
+    return ["grn", "infer", str(path), "--out", str(out), "--label-key", "cell_type"]
 
 
 @pytest.mark.parametrize("case, needle", [
@@ -80,6 +80,6 @@ def test_grn_infer_and_assign_refuse_an_existing_file_as_out(tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.write_text("x")
     _fails(capsys, _infer(tmp_path / "in.h5ad", taken), "existing file")
-    _fails(capsys, ["grn", "assign", str(tmp_path / "in.h5ad"), "--networks", str(tmp_path), "--train",
+    _fails(capsys, ["grn", "assign", str(tmp_path / "in.h5ad"), "--networks-dir", str(tmp_path), "--reference",
                     str(tmp_path / "in.h5ad"), "--out", str(taken)], "existing file")
     assert taken.read_text() == "x"
