@@ -9,9 +9,11 @@ TensorBoard/Perfetto trace under `out_dir` and reports:
 * per-op device/executor time, aggregated from the trace over the HLO
   instructions of the compiled step (so it names fusions and Pallas kernels
   as XLA sees them);
-* FLOPs and bytes accessed per step from the compiled step's
-  `cost_analysis()` (per device program), and the achieved FLOP/s and
-  bytes/s at the measured median step time.
+* FLOPs per step counted from the traced step with every loop body times
+  its trip count (`grn_jax.train.flops`; per device = all / devices), the
+  achieved FLOP/s at the measured median step time and, against a stated
+  peak, the MFU; XLA's `cost_analysis()` FLOPs (loop bodies counted once)
+  beside them, and its bytes accessed per step.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ class ProfileReport:
     ops: list[OpTime]
     trace_dir: str
     perfetto_trace: Optional[str]
+    xla_flops: Optional[float] = None  # cost_analysis() per device program (each loop body once)
+    peak_flops_per_s: Optional[float] = None  # per device; the MFU denominator
+    peak_source: str = ""
+
+    @property
+    def mfu(self) -> Optional[float]:
+        """Model FLOPs utilisation: achieved FLOP/s per device over the stated peak."""
+        if self.flops is None or not self.peak_flops_per_s:
+            return None
+        return self.achieved_flops_per_s / self.peak_flops_per_s
 
     @property
     def median_step_s(self) -> float:
@@ -72,10 +84,15 @@ class ProfileReport:
                  f"compile: {self.compile_s:.2f} s; step time median {self.median_step_s * 1e3:.2f} ms "
                  f"(min {min(self.step_s) * 1e3:.2f} ms)"]
         if self.flops is not None:
-            lines.append(f"cost_analysis: {self.flops:.4g} FLOPs/step -> achieved "
-                         f"{self.achieved_flops_per_s:.4g} FLOP/s")
-        else:
-            lines.append("cost_analysis: FLOPs not reported by this backend")
+            lines.append(f"FLOPs/step (counted, every layer and micro-batch): {self.flops:.4g} per device -> "
+                         f"achieved {self.achieved_flops_per_s:.4g} FLOP/s per device")
+            if self.mfu is not None:
+                lines.append(f"MFU: {self.mfu:.2%} of {self.peak_flops_per_s:.4g} FLOP/s per device "
+                             f"({self.peak_source})")
+            else:
+                lines.append("MFU: no peak known for this device; pass peak_flops_per_s")
+        if self.xla_flops is not None:
+            lines.append(f"cost_analysis: {self.xla_flops:.4g} FLOPs/step per device (counts each loop body once)")
         if self.bytes_accessed is not None:
             lines.append(f"cost_analysis: {self.bytes_accessed:.4g} bytes accessed/step -> achieved "
                          f"{self.achieved_bytes_per_s:.4g} B/s")
@@ -132,8 +149,28 @@ def _cost(compiled) -> tuple[Optional[float], Optional[float]]:
     return (float(flops) if flops is not None else None, float(nbytes) if nbytes is not None else None)
 
 
+# Dense peak FLOP/s per device by `device_kind` prefix (vendor data sheets), for MFU when none is given.
+_PEAKS = (
+    ("NVIDIA H200", 989e12, "bf16 dense, H200 SXM data sheet"),
+    ("NVIDIA H100", 989e12, "bf16 dense, H100 SXM data sheet"),
+    ("NVIDIA A100", 312e12, "bf16 dense, A100 data sheet"),
+    ("TPU v4", 275e12, "bf16, TPU v4 data sheet"),
+    ("TPU v5 lite", 197e12, "bf16, TPU v5e data sheet"),
+    ("TPU v5p", 459e12, "bf16, TPU v5p data sheet"),
+)
+
+
+def known_peak(device_kind: str) -> tuple[Optional[float], str]:
+    """(peak FLOP/s per device, where the figure comes from) for a known accelerator, else (None, "")."""
+    for prefix, peak, source in _PEAKS:
+        if device_kind.startswith(prefix):
+            return peak, source
+    return None, ""
+
+
 def profile_training(cfg, *, steps: int, out_dir: str, seq_len: Optional[int] = None,
-                     num_edges: Optional[int] = None, log: Callable[[str], None] = print) -> ProfileReport:
+                     num_edges: Optional[int] = None, peak_flops_per_s: Optional[float] = None,
+                     log: Callable[[str], None] = print) -> ProfileReport:
     """Trace `steps` compiled train steps of run config `cfg` into `out_dir`; print and return the report.
 
     `seq_len` / `num_edges` default to the configured largest bucket
@@ -142,6 +179,7 @@ def profile_training(cfg, *, steps: int, out_dir: str, seq_len: Optional[int] = 
     from grn_jax.train.model_fns import model_fns
     from grn_jax.train import sharding as sh
     from grn_jax.train.data import abstract_local_batch, masking_fn
+    from grn_jax.train.flops import count_flops
     from grn_jax.train.loop import check_batch_layout
     from grn_jax.train.optim import make_optimizer
     from grn_jax.train.state import init_sharded_state
@@ -163,13 +201,21 @@ def profile_training(cfg, *, steps: int, out_dir: str, seq_len: Optional[int] = 
 
     init = init_sharded_state(init_params, tx, mesh, jax.random.key(t.seed))
     batch = abstract_local_batch(cfg.model, t.batch_size, seq_len, num_edges)
-    step = jit_train_step(make_train_step(apply_fn, masking_fn(cfg), tx, t), init.shardings, batch, mesh)
+    step_fn = make_train_step(apply_fn, masking_fn(cfg), tx, t)
+    step = jit_train_step(step_fn, init.shardings, batch, mesh)
     batch = jax.device_put(batch, sh.batch_shardings(batch, mesh))
+    flops = count_flops(sh.with_rules(step_fn, mesh), init.state, batch).total / mesh.size
 
     t0 = time.perf_counter()
     compiled = step.lower(init.state, batch).compile()
     compile_s = time.perf_counter() - t0
-    flops, nbytes = _cost(compiled)
+    xla_flops, nbytes = _cost(compiled)
+    if peak_flops_per_s is not None:
+        if not peak_flops_per_s > 0:
+            raise ValueError(f"peak_flops_per_s must be > 0 (FLOP/s per device), got {peak_flops_per_s!r}")
+        peak, source = float(peak_flops_per_s), "as given"
+    else:
+        peak, source = known_peak(jax.devices()[0].device_kind)
 
     state = init.state
     state, metrics = compiled(state, batch)  # warm-up, outside the trace
@@ -192,15 +238,18 @@ def profile_training(cfg, *, steps: int, out_dir: str, seq_len: Optional[int] = 
         batch_shape={"batch_size": t.batch_size, "seq_len": seq_len, "num_edges": num_edges,
                      "grad_accum": t.grad_accum, "attention_impl": cfg.model.attention_impl},
         compile_s=compile_s, step_s=step_s, flops=flops, bytes_accessed=nbytes, ops=ops,
-        trace_dir=out_dir, perfetto_trace=perfetto)
+        trace_dir=out_dir, perfetto_trace=perfetto, xla_flops=xla_flops, peak_flops_per_s=peak,
+        peak_source=source)
     log(report.format())
     return report
 
 
 def profile_from_config(config_path: str, *, steps: int, out_dir: str, overrides=(), seq_len: Optional[int] = None,
-                        num_edges: Optional[int] = None, log: Callable[[str], None] = print) -> ProfileReport:
+                        num_edges: Optional[int] = None, peak_flops_per_s: Optional[float] = None,
+                        log: Callable[[str], None] = print) -> ProfileReport:
     """`grn-jax profile`: load an experiment YAML (+ `section.field=value` overrides), then `profile_training`."""
     from grn_jax.config import load_run_config
 
     cfg = load_run_config(config_path, overrides)
-    return profile_training(cfg, steps=steps, out_dir=out_dir, seq_len=seq_len, num_edges=num_edges, log=log)
+    return profile_training(cfg, steps=steps, out_dir=out_dir, seq_len=seq_len, num_edges=num_edges,
+                            peak_flops_per_s=peak_flops_per_s, log=log)

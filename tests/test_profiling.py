@@ -48,6 +48,21 @@ def test_report_figures_and_table():
     assert "*" in while_line and "%" not in while_line  # control flow: no share of leaf time
 
 
+def test_mfu_against_a_stated_peak():
+    from grn_jax.profiling import known_peak
+
+    report = ProfileReport(backend="gpu", n_devices=8, batch_shape={}, compile_s=1.0, step_s=[0.5, 0.5],
+                           flops=2e12, bytes_accessed=None, ops=[], trace_dir="/tmp/x", perfetto_trace=None,
+                           xla_flops=1.7e11, peak_flops_per_s=8e12, peak_source="as given")
+    assert report.mfu == pytest.approx(0.5)  # 2e12 FLOPs in 0.5 s = 4e12 FLOP/s of 8e12
+    text = report.format()
+    assert "MFU: 50.00% of 8e+12" in text and "counts each loop body once" in text
+    assert known_peak("NVIDIA H200")[0] == 989e12 and known_peak("cpu") == (None, "")
+    no_peak = ProfileReport(backend="cpu", n_devices=1, batch_shape={}, compile_s=1.0, step_s=[1.0], flops=1e9,
+                            bytes_accessed=None, ops=[], trace_dir="/tmp/x", perfetto_trace=None)
+    assert no_peak.mfu is None and "no peak known" in no_peak.format()
+
+
 def test_cli_parses_profile():
     args = build_parser().parse_args(["profile", "--config", "run.yaml", "--steps", "3", "--out", "p",
                                       "--set", "model.attention_impl=pallas"])

@@ -2,9 +2,12 @@
 
 Nothing is allocated: the state and the batch are ShapeDtypeStructs carrying
 their shardings. The compiled executable reports per-device memory
-(`memory_analysis()`) and FLOPs (`cost_analysis()`), so a pod configuration
-can be checked on a workstation before paying for the pod (simulate its
-device count with `--fake-devices N` on CPU; sizes then reflect CPU layouts).
+(`memory_analysis()`); FLOPs are counted from the traced step with every
+loop (layers, grad_accum, Chebyshev terms) multiplied by its trip count
+(`grn_jax.train.flops`; XLA's `cost_analysis()`, which counts loop bodies
+once, is shown beside it). A pod configuration can be checked on a
+workstation before paying for the pod (simulate its device count with
+`--cpu-devices N` on CPU; sizes then reflect CPU layouts).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import jax
 
 from grn_jax.train import sharding as sh
+from grn_jax.train.flops import count_flops
 from grn_jax.train.loop import check_batch_layout
 from grn_jax.train.optim import make_optimizer
 from grn_jax.train.state import abstract_with_shardings, state_shardings
@@ -34,8 +38,11 @@ class CompileReport:
     n_params: int
     param_bytes_per_device: int    # from the shardings, f32
     memory: dict                   # memory_analysis() fields, bytes per device
-    flops: Optional[float]         # cost_analysis() 'flops' of the step (per device program)
+    flops: Optional[float]         # FLOPs of one step per device (counted, loops x trip count; global / devices)
     compile_s: float
+    flops_global: Optional[float] = None   # the whole step, all devices
+    xla_flops: Optional[float] = None      # cost_analysis() 'flops' (per device program; loop bodies once)
+    flops_uncounted: dict = dataclasses.field(default_factory=dict)  # ops whose FLOPs are unknown
 
     def format(self) -> str:
         lines = [f"mesh {self.mesh} on {self.n_devices} {jax.default_backend()} device(s); "
@@ -43,8 +50,13 @@ class CompileReport:
                  f"parameters per device: {_human(self.param_bytes_per_device)} (f32, sharded)"]
         for k, v in self.memory.items():
             lines.append(f"{k}: {_human(v)} per device")
-        lines.append(f"FLOPs per step (per device program): "
-                     f"{self.flops:.4g}" if self.flops is not None else "FLOPs: not reported by this backend")
+        if self.flops is not None:
+            lines.append(f"FLOPs per step: {self.flops:.4g} per device ({self.flops_global:.4g} in all; "
+                         f"every layer, micro-batch and loop iteration counted)")
+        if self.xla_flops is not None:
+            lines.append(f"XLA cost_analysis FLOPs: {self.xla_flops:.4g} per device (counts each loop body once)")
+        if self.flops_uncounted:
+            lines.append(f"FLOPs not counted for: {self.flops_uncounted}")
         lines.append(f"compile time: {self.compile_s:.1f} s")
         return "\n".join(lines)
 
@@ -103,11 +115,14 @@ def compile_only(cfg: RunConfig, *, seq_len: Optional[int] = None, num_edges: Op
 
     abstract, shardings, _ = state_shardings(init_params, tx, mesh, jax.random.key(0))
     batch = abstract_local_batch(cfg.model, t.batch_size, seq_len, num_edges)
-    step = jit_train_step(make_train_step(apply_fn, masking_fn(cfg), tx, t), shardings, batch, mesh)
+    step_fn = make_train_step(apply_fn, masking_fn(cfg), tx, t)
+    step = jit_train_step(step_fn, shardings, batch, mesh)
     bs = sh.batch_sharding(mesh)
     batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=bs), batch)
+    abstract_state = abstract_with_shardings(abstract, shardings)
+    counted = count_flops(sh.with_rules(step_fn, mesh), abstract_state, batch)
     t0 = time.perf_counter()
-    compiled = step.lower(abstract_with_shardings(abstract, shardings), batch).compile()
+    compiled = step.lower(abstract_state, batch).compile()
     compile_s = time.perf_counter() - t0
 
     param_bytes = 0
@@ -122,6 +137,7 @@ def compile_only(cfg: RunConfig, *, seq_len: Optional[int] = None, num_edges: Op
         batch_shape={"batch_size": t.batch_size, "seq_len": seq_len, "num_edges": num_edges,
                      "grad_accum": t.grad_accum},
         n_params=count_params(abstract.params), param_bytes_per_device=param_bytes,
-        memory=_memory_fields(compiled), flops=_flops(compiled), compile_s=compile_s)
+        memory=_memory_fields(compiled), flops=counted.total / mesh.size, compile_s=compile_s,
+        flops_global=float(counted.total), xla_flops=_flops(compiled), flops_uncounted=counted.uncounted)
     log(report.format())
     return report

@@ -25,6 +25,10 @@ def test_compile_only_reports_sharded_memory_and_flops():
     # fsdp=4: every matrix with a d_model axis is split 4 ways, so far less than the full f32 parameter bytes
     assert report.param_bytes_per_device < 0.5 * 4 * report.n_params
     assert "FLOPs per step" in lines[0] and "iB per device" in lines[0]
+    # counted from the traced step (all devices), split evenly; XLA's own figure is shown beside it
+    assert report.flops == report.flops_global / report.n_devices
+    assert report.xla_flops is not None and "counts each loop body once" in lines[0]
+    assert report.flops_uncounted == {}
 
 
 def test_compile_only_needs_a_vocabulary_and_a_fitting_batch():
