@@ -307,11 +307,15 @@ def _add_pretrain(sub) -> None:
                    help="run on N simulated CPU devices (check a pod mesh on a workstation)")
     p.add_argument("--seq-len", type=int, default=None, help="compile-only bucket length (default: data config)")
     p.add_argument("--num-edges", type=int, default=None, help="compile-only edge budget (default: data config)")
+    p.add_argument("--verify-shards", choices=("sampled", "full"), default=None,
+                   help="check the shard files against prepare's fingerprints: sizes + sampled SHA-256 "
+                        "(default, data.verify_shards) or every byte")
 
     def run(args) -> int:
         from grn_jax.train.main import pretrain_command
 
-        return pretrain_command(args.config, args.overrides, compile_only=args.compile_only,
+        overrides = list(args.overrides) + ([f"data.verify_shards={args.verify_shards}"] if args.verify_shards else [])
+        return pretrain_command(args.config, overrides, compile_only=args.compile_only,
                                 cpu_devices=args.cpu_devices, seq_len=args.seq_len, num_edges=args.num_edges)
 
     p.set_defaults(func=run)

@@ -25,6 +25,7 @@ from grn_jax.train.config import MeshConfig, TrainConfig
 from grn_jax.train.typed import apply_overrides, build, to_dict
 
 SECTIONS = ("name", "data", "model", "train", "mesh")
+VERIFY_SHARDS = ("sampled", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,13 @@ class DataSection:
     # Pad every batch to the largest (sequence, edge) bucket the shards use: one compiled step
     # instead of one per bucket pair (worth it for small data; costs compute on short cells).
     fixed_shape: bool = False
+    # Before training, check the shard files against prepare's fingerprints: "sampled" (sizes +
+    # sampled SHA-256, ~1 MiB read per file) or "full" (every byte; `pretrain --verify-shards full`).
+    verify_shards: str = "sampled"
+
+    def __post_init__(self):
+        if self.verify_shards not in VERIFY_SHARDS:
+            raise ValueError(f"verify_shards must be one of {list(VERIFY_SHARDS)}, got {self.verify_shards!r}")
 
 
 @dataclasses.dataclass(frozen=True)

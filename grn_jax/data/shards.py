@@ -9,7 +9,9 @@ Layout of a prepared folder:
 
 The content hash is a SHA-256 over the vocabulary, BinSpec, buckets and every
 shard array (name, dtype, shape, bytes), so two folders with the same hash hold
-the same tokens.
+the same tokens. The manifest also fingerprints each array file (size, sampled
+and full SHA-256) so `verify_files` can check cheaply, before training, that the
+files are still the ones the content hash describes, and name one that is not.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ class ShardWriter:
                         shards=[{"name": f"shard_{i:05d}", "cells": c, "tokens": t}
                                 for i, (c, t) in enumerate(zip(self.shard_cells, self.shard_tokens))])
         manifest["content_hash"] = content_hash(self.out, manifest)
+        manifest["files"] = file_fingerprints(self.out, manifest)
         # the manifest seals the folder: written last, atomically (a reader never sees a partial one)
         atomic_write_text(self.out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True, default=jsonable))
         return manifest
@@ -170,13 +173,87 @@ def content_hash(folder, manifest: dict) -> str:
     return h.hexdigest()
 
 
+SAMPLE_BLOCK, SAMPLE_BLOCKS = 1 << 16, 16  # sampled check: 16 blocks of 64 KiB (first, last, evenly between)
+
+
+def _file_digests(path: Path, block: int, blocks: int, full: bool) -> dict:
+    """{"bytes", "sampled_sha256"[, "sha256"]} of one file; the sample is the whole file when small."""
+    size = path.stat().st_size
+    out = {"bytes": size}
+    with open(path, "rb") as f:
+        sample = hashlib.sha256(str(size).encode())
+        if size <= block * blocks:
+            sample.update(f.read())
+        else:
+            for off in np.linspace(0, size - block, blocks).astype(np.int64):
+                f.seek(int(off))
+                sample.update(f.read(block))
+        out["sampled_sha256"] = sample.hexdigest()
+        if full:
+            f.seek(0)
+            h = hashlib.sha256()
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+            out["sha256"] = h.hexdigest()
+    return out
+
+
+def _shard_files(manifest: dict) -> list[str]:
+    names = _TOKEN_ARRAYS + (_CELL_GRAPH_ARRAYS if manifest.get("with_cell_graph") else ())
+    return [f"{shard['name']}/{name}.npy" for shard in manifest["shards"] for name in names]
+
+
+def file_fingerprints(folder, manifest: dict) -> dict:
+    """What `verify_files` checks later: size, sampled and full SHA-256 of every shard array file."""
+    return {"sample": {"block": SAMPLE_BLOCK, "blocks": SAMPLE_BLOCKS},
+            "arrays": {rel: _file_digests(Path(folder) / rel, SAMPLE_BLOCK, SAMPLE_BLOCKS, True)
+                       for rel in _shard_files(manifest)}}
+
+
+def verify_files(folder, manifest: dict, *, full: bool = False) -> str:
+    """ValueError naming the first shard file whose size or SHA-256 differs from what prepare recorded.
+
+    Cheap by default (sizes + a sampled hash: at most 1 MiB read per file, catching any
+    truncation, growth or rewrite and most in-place edits); `full=True` hashes every byte.
+    Folders prepared before per-file fingerprints existed get the full content-hash check.
+    Returns a short description of what was checked.
+    """
+    folder = Path(folder)
+    rec = manifest.get("files")
+    if not isinstance(rec, dict) or "arrays" not in rec:
+        got = content_hash(folder, manifest)
+        if got != manifest.get("content_hash"):
+            raise ValueError(f"data.shards: {folder} was modified after `grn-jax prepare` (content hash "
+                             f"{got[:12]}..., manifest {str(manifest.get('content_hash'))[:12]}...); re-run prepare")
+        return "full content hash (no per-file fingerprints in this manifest: re-run prepare for a faster check)"
+    block, blocks = int(rec["sample"]["block"]), int(rec["sample"]["blocks"])
+    for rel, want in rec["arrays"].items():
+        path = folder / rel
+        if not path.is_file():
+            raise ValueError(f"data.shards: {path} is missing (prepare wrote it); re-run `grn-jax prepare`")
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            raise ValueError(f"data.shards: {path} was modified after `grn-jax prepare` ({size} bytes, prepare "
+                             f"wrote {want['bytes']}); re-run prepare")
+        got = _file_digests(path, block, blocks, full)
+        key = "sha256" if full else "sampled_sha256"
+        if got[key] != want[key]:
+            raise ValueError(f"data.shards: {path} was modified after `grn-jax prepare` (its "
+                             f"{'SHA-256' if full else 'sampled SHA-256'} differs from the one prepare recorded); "
+                             f"re-run prepare")
+    n = len(rec["arrays"])
+    return f"{n} shard files, {'full SHA-256' if full else 'sizes + sampled SHA-256'}"
+
+
 class ShardStore:
     """Read-only, memory-mapped access to a prepared folder, cell by cell.
 
-    `verify=True` recomputes the content hash and fails if the files changed.
+    `verify=True` recomputes the content hash and fails if the files changed;
+    `verify="sampled"` / `"full"` checks each file against prepare's fingerprints
+    (`verify_files`), naming a file that changed.
     """
 
-    def __init__(self, folder, verify: bool = False):
+    def __init__(self, folder, verify: bool | str = False):
         self.folder = Path(folder)
         path = self.folder / MANIFEST
         if not path.exists():
@@ -185,7 +262,10 @@ class ShardStore:
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{str(path)!r} has format_version {self.manifest.get('format_version')}, this "
                              f"library reads {FORMAT_VERSION}; re-run `grn-jax prepare`")
-        if verify:
+        self.verified = None  # what verify checked (a short description)
+        if verify in ("sampled", "full"):  # before any array is memory-mapped (a truncated file cannot be)
+            self.verified = verify_files(self.folder, self.manifest, full=verify == "full")
+        elif verify:
             got = content_hash(self.folder, self.manifest)
             if got != self.manifest["content_hash"]:
                 raise ValueError(f"content hash mismatch in {str(self.folder)!r}: manifest "

@@ -233,7 +233,8 @@ def open_train_data(cfg, *, process_index: int, process_count: int, log=print) -
     if not folder.is_dir():
         raise ValueError(f"data.shards: {folder} does not exist; create it with `grn-jax prepare` "
                          f"(or `grn-jax quickstart`)")
-    store = ShardStore(folder)
+    store = ShardStore(folder, verify=cfg.data.verify_shards)
+    log(f"data: shard files match what prepare recorded ({store.verified})")
     train_idx, val_idx = split_cells(len(store), cfg.train.val_fraction)
     if len(train_idx) // process_count < cfg.train.batch_size // process_count:
         raise ValueError(f"train.batch_size: {len(train_idx)} training cells over {process_count} host(s) cannot "
