@@ -94,7 +94,9 @@ class ModelConfig:
     activation: str = "gelu"
     norm: str = "pre"  # pre-LN (default) or post-LN (the public GREmLN code)
     attention: str | tuple[str, ...] = "diffusion"
-    diffusion_beta: float = 0.1
+    # a number, or "auto": GREmLN's default 1 / lambda_min (papers/gremln.txt A.5), resolved once at
+    # pretraining start from a sample of training cells' graphs (grn_jax.train.graph_check)
+    diffusion_beta: float | str = 0.1
     diffusion_tol: float = 1e-8  # Chebyshev coefficient-tail tolerance (adaptive order)
     diffusion_order: Optional[int] = None  # fixed Chebyshev order instead (the paper's K = 64)
     attention_impl: str = "xla"  # xla | pallas (grn_jax.kernels)
@@ -125,7 +127,10 @@ class ModelConfig:
         _check_choice(o, "dtype", self.dtype, DTYPES)
         _check_rate(o, "dropout_rate", self.dropout_rate)
         _check_rate(o, "attention_dropout_rate", self.attention_dropout_rate)
-        if self.diffusion_beta < 0:
+        if isinstance(self.diffusion_beta, str):
+            if self.diffusion_beta != "auto":
+                raise ValueError(f"{o}.diffusion_beta must be a number >= 0 or 'auto', got {self.diffusion_beta!r}")
+        elif self.diffusion_beta < 0:
             raise ValueError(f"{o}.diffusion_beta must be >= 0, got {self.diffusion_beta}")
         _check_positive(o, "diffusion_tol", self.diffusion_tol)
         if self.diffusion_order is not None and not (isinstance(self.diffusion_order, int)

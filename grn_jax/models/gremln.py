@@ -58,6 +58,9 @@ def heat_plan(cfg: ModelConfig):
     """The static Chebyshev plan of exp(-beta L): adaptive per (beta, tol), or fixed `diffusion_order`."""
     from grn_jax.graphs.chebyshev import fixed_order_heat_kernel_plan, heat_kernel_plan  # noqa: PLC0415
 
+    if cfg.diffusion_beta == "auto":
+        raise ValueError("model.diffusion_beta is 'auto', which pretraining resolves from the training cells' graphs "
+                         "(grn_jax.train.graph_check.check_graphs); give a number to build the model here")
     if cfg.diffusion_order is not None:
         return fixed_order_heat_kernel_plan(float(cfg.diffusion_beta), int(cfg.diffusion_order))
     return heat_kernel_plan(float(cfg.diffusion_beta), float(cfg.diffusion_tol))

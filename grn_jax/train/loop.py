@@ -158,6 +158,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, log: Callable[[str], None]) -> Pret
     from grn_jax.train.model_fns import model_fns
     from grn_jax.models.summary import count_params
     from grn_jax.train.data import open_train_data
+    from grn_jax.train.graph_check import check_graphs
 
     t = cfg.train
     data = open_train_data(cfg, process_index=jax.process_index(), process_count=jax.process_count(), log=log)
@@ -165,6 +166,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, log: Callable[[str], None]) -> Pret
     if cfg.model.n_bins != data.n_bins:
         raise ValueError(f"model.n_bins is {cfg.model.n_bins} but the shards were binned with "
                          f"{data.n_bins} bins; set model.n_bins={data.n_bins}")
+    cfg, graph_report = check_graphs(cfg, data, log=log)  # diagnostics; resolves diffusion_beta: auto
     mesh = sh.make_mesh(cfg.mesh)
     check_batch_layout(cfg, mesh)
     model, init_params, apply_fn = model_fns(cfg.model)
@@ -202,6 +204,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, log: Callable[[str], None]) -> Pret
         (run_dir / "config.yaml").write_text(dump_run_config(cfg))
     _write_json(run_dir / "provenance.json",
                 provenance(dict(mesh.shape), data.identity, n_params))
+    _write_json(run_dir / "graph_diagnostics.json", graph_report)
 
     train_fn = jit_train_step(make_train_step(apply_fn, data.mask_fn, tx, t), shardings,
                               data.example_batch, mesh)
@@ -252,6 +255,8 @@ def _pretrain(cfg: RunConfig, run_dir: Path, log: Callable[[str], None]) -> Pret
                 last_loss = float(m["loss"])
                 rec = {"kind": "train", "step": step, "loss": last_loss, "accuracy": float(m["accuracy"]),
                        "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]), "n_masked": int(m["n_masked"])}
+                if "cell_loss" in m:  # the cell-embedding objective's own terms
+                    rec.update(cell_loss=float(m["cell_loss"]), cell_accuracy=float(m["cell_accuracy"]))
                 step += 1
                 n_cells, n_tokens = data.batch_stats(local)
                 cells += n_cells * jax.process_count()
