@@ -57,10 +57,20 @@ def test_thresholds_bimodal_skewed_constant():
     true_t = weighted_intersection(np.array([[0.7, 0.3]]), np.array([[0.1, 0.3]]),
                                    np.array([[0.02**2, 0.03**2]]))[0]
     assert abs(thr[0] - true_t) < 0.005
-    # skewed: mu + 2 sigma of the heavier component
-    for j in (1, 2):
+    # skewed with a dominant component (the 2 % tail): mu + 2 sigma of the heavier component
+    for j in (2,):
         d = int(np.argmax(fit.weights[j]))
+        assert fit.weights[j, d] >= 0.95
         assert_allclose(thr[j], fit.means[j, d] + 2 * np.sqrt(fit.variances[j, d]), np.float64)
+    # skewed without one (the gamma: two overlapping components of comparable weight): the mixture's
+    # mu + 2 sigma, i.e. the right tail of the distribution, not of its heavier component
+    w1, m1, v1 = fit.weights[1], fit.means[1], fit.variances[1]
+    assert w1.max() < 0.95
+    mix_mu = np.sum(w1 * m1)
+    assert_allclose(thr[1], mix_mu + 2 * np.sqrt(np.sum(w1 * (v1 + m1**2)) - mix_mu**2), np.float64)
+    # against the data: close to the sample's mean + 2 sd, and only the right tail is active
+    assert abs(thr[1] - (skewed.mean() + 2 * skewed.std())) < 0.005
+    assert 0.02 < np.mean(skewed > thr[1]) < 0.08
     # the 2 % tail: dominant component ~ N(0.1, 0.02) -> threshold near 0.14
     assert abs(thr[2] - 0.14) < 0.01
     assert thr[3] == 0.25  # constant: nothing is strictly above it
