@@ -206,7 +206,8 @@ def _add_grn(sub) -> None:
     q.add_argument("--all-cells", action="store_true", help="one network from all cells (no labels, no clustering)")
     q.add_argument("--estimator", choices=("gaussian", "adaptive"), default="gaussian",
                    help="--method aracne: MI estimator, Gaussian copula (fast) or ARACNe adaptive partitioning")
-    q.add_argument("--mi-pvalue", type=float, default=1e-4, help="MI significance vs the permutation null")
+    q.add_argument("--mi-pvalue", type=float, default=1e-4,
+                   help="--method aracne: MI significance vs the permutation null")
     q.add_argument("--bootstraps", type=int, default=None,
                    help="--method aracne: bootstrap runs for the consensus (default 20; 0/1 = none)")
     q.add_argument("--fdr", type=float, default=0.05,

@@ -249,7 +249,8 @@ def infer_cell_type_networks(
     """A network of every cell type of `adata` (counts in X or `layer`), by `method`.
 
     method="spearman" (default): |Spearman| of log1p CP10k, BH at config.fdr,
-    DPI (`rank_network`); "aracne": copula/adaptive MI, permutation null, DPI,
+    DPI (`rank_network`); "pcor": the same on partial Spearman given all other
+    regulators (a type with too few cells for that falls back); "aracne": copula/adaptive MI, permutation null, DPI,
     bootstrap consensus (`aracne.infer_network`). `regulators`: names, a file,
     "human" (default, the shipped human TF list) or "hvg:N" (the N most variable
     genes). `all_cells`: one network of all cells (no labels, no clustering).
