@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Optional
@@ -41,15 +42,27 @@ def run_seed(pre: Pretrained) -> int:
     return seed
 
 
-def random_init_params(pre: Pretrained):
-    """The parameters the run of `pre` started from: its model's init under jit with key(train.seed)."""
-    import jax
+@functools.lru_cache(maxsize=8)
+def _jitted_init(model_config):
     import flax.linen as nn
+    import jax
 
     from grn_jax.train.model_fns import model_fns
 
-    init_params = model_fns(pre.model_config).init_params
-    return jax.device_get(jax.jit(lambda r: nn.unbox(init_params(r)))(jax.random.key(run_seed(pre))))
+    init_params = model_fns(model_config).init_params
+    return jax.jit(lambda r: nn.unbox(init_params(r)))  # one compile per model config, any seed
+
+
+def random_init_params(pre: Pretrained):
+    """The parameters the run of `pre` started from: its model's init under jit with key(train.seed)."""
+    import jax
+
+    seed = run_seed(pre)
+    try:
+        init = _jitted_init(pre.model_config)
+    except TypeError:  # a config holding an unhashable value: compile without the cache
+        init = _jitted_init.__wrapped__(pre.model_config)
+    return jax.device_get(init(jax.random.key(seed)))
 
 
 def random_init_model(pre: Pretrained) -> Pretrained:
