@@ -54,3 +54,17 @@ def test_simulate_writes_complete_files_only(tmp_path, capsys):
                  "--knockouts", "1"]) == 0
     names = sorted(p.name for p in (tmp_path / "sim").iterdir())
     assert names == ["data.h5ad", "edge_signs.tsv", "network.tsv", "summary.json"]  # no temporaries left
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "annotation", "x.h5ad", "--checkpoint", "nowhere", "--label-key", "y"],
+    ["finetune", "x.h5ad", "--checkpoint", "nowhere", "--label-key", "y"],
+])
+def test_eval_and_finetune_refuse_a_file_as_out_before_any_work(tmp_path, capsys, argv):
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    rc = main(argv + ["--out", str(taken)])
+    err = capsys.readouterr().err.strip()
+    # the checkpoint does not exist either: the --out check comes first, before anything is loaded
+    assert rc == 2 and len(err.splitlines()) == 1 and "existing file" in err, err
+    assert taken.read_text() == "x"

@@ -168,8 +168,10 @@ def finetune(checkpoint: Union[str, Path, Pretrained], data, cfg: FinetuneConfig
     from grn_jax.train.optim import make_optimizer
     from grn_jax.train.state import abstract_with_shardings, init_sharded_state, state_shardings
     from grn_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+    from grn_jax._io import check_out_dir
     from grn_jax.train.typed import build, to_dict
 
+    check_out_dir(cfg.out_dir)  # before loading anything
     pre = checkpoint if isinstance(checkpoint, Pretrained) else load_model(checkpoint, step=step)
     tok = TrainingTokenizer.from_record(pre.tokenization, pre.vocab)
     check_graph_matches_training(graph, pre.tokenization.get("graph"), f"checkpoint {pre.run_dir}")

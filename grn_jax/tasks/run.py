@@ -14,6 +14,9 @@ def run_eval(task: str, out_dir, *, log: Callable[[str], None] = print, **kwargs
 
     if task not in TASKS:
         raise ValueError(f"unknown evaluation task {task!r}; choose one of {sorted(TASKS)}")
+    from grn_jax._io import check_out_dir
+
+    check_out_dir(out_dir)  # an existing file at --out fails now, not after the evaluation
     result = TASKS[task](log=log, **kwargs)
     paths = result.write(Path(out_dir))
     log(f"eval {task}: wrote {paths['json']} and {paths['markdown']}")
