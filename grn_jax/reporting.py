@@ -118,7 +118,15 @@ def plot_training_curves(train: list, val: list, path: Path) -> None:
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
     if val:
         axes[0].plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
-        axes[1].plot([r["step"] for r in val], [r["val_accuracy"] for r in val], "o-", color="C2")
+        se = [r.get("val_accuracy_se", 0.0) for r in val]
+        axes[1].errorbar([r["step"] for r in val], [r["val_accuracy"] for r in val], yerr=se, fmt="o-",
+                         color="C2", capsize=3, label="model (± 1 SE)")
+        for key, name, style in (("val_gene_mode_accuracy", "each gene's most common bin", "--"),
+                                 ("val_majority_bin_accuracy", "majority bin", ":")):
+            if key in val[-1]:
+                axes[1].axhline(val[-1][key], ls=style, color="0.4", label=f"trivial: {name}")
+        if any(key in val[-1] for key in ("val_gene_mode_accuracy", "val_majority_bin_accuracy")):
+            axes[1].legend(fontsize=8)
     axes[0].set(xlabel="step", ylabel="masked-bin cross-entropy", title="loss")
     axes[0].legend()
     axes[1].set(xlabel="step", ylabel="accuracy", title="val masked-bin accuracy")
@@ -222,8 +230,24 @@ def _training_section(doc: Doc, run_dir: Path, out: Path) -> str:
              f"{last['loss']:.4f}" + (f"; last val loss {val[-1]['val_loss']:.4f}, masked-bin accuracy "
                                       f"{val[-1]['val_accuracy']:.3f} (step {val[-1]['step']})" if val else
                                       "; no validation records"))
+    line = val_controls_line(val[-1]) if val else None
+    if line:
+        doc.para(line)
     doc.image("training_curves.png", "training curves")
     return "training_curves.png"
+
+
+def val_controls_line(rec: dict) -> Optional[str]:
+    """One validation record in words: accuracy ± SE beside the trivial predictors (None if it has none)."""
+    if "val_gene_mode_accuracy" not in rec:
+        return None
+    acc, se = rec["val_accuracy"], rec.get("val_accuracy_se", float("nan"))
+    best = max(rec["val_gene_mode_accuracy"], rec["val_majority_bin_accuracy"])
+    margin = f"{(acc - best) / se:+.1f} SE" if se and math.isfinite(se) and se > 0 else "no SE"
+    return (f"validation (step {rec['step']}, {rec['val_masked']} masked tokens of every held-out cell): "
+            f"masked-bin accuracy {acc:.4f} ± {se:.4f} (1 SE) vs the trivial predictors on the same tokens: "
+            f"each gene's most common training bin {rec['val_gene_mode_accuracy']:.4f}, the majority bin "
+            f"{rec['val_majority_bin_accuracy']:.4f}; margin over the better one {acc - best:+.4f} ({margin})")
 
 
 def _umap_section(doc: Doc, embedded: Optional[Path], label_key: str, embedding_key: str, out: Path,

@@ -83,3 +83,16 @@ def test_validation_covers_every_held_out_cell_beside_the_trivial_predictors(run
     assert rec["val_accuracy_over_best_trivial"] == pytest.approx(rec["val_accuracy"] - best)
     assert rec["trivial_fit_cells"] == len(train_idx)
     assert any("trivial predictors" in line and "24 held-out cells" in line for line in logs)
+
+
+def test_report_states_the_validation_beside_its_controls(run):
+    from grn_jax.reporting import val_controls_line
+
+    _, val, _ = run
+    rec = val[-1]
+    line = val_controls_line(rec)
+    assert f"{rec['val_accuracy']:.4f} ± {rec['val_accuracy_se']:.4f}" in line
+    assert f"{rec['val_gene_mode_accuracy']:.4f}" in line and f"{rec['val_majority_bin_accuracy']:.4f}" in line
+    margin = (rec["val_accuracy"] - rec["val_best_trivial_accuracy"]) / rec["val_accuracy_se"]
+    assert f"({margin:+.1f} SE)" in line
+    assert val_controls_line({"step": 1, "val_accuracy": 0.5, "val_masked": 10}) is None
