@@ -313,6 +313,9 @@ def _add_pretrain(sub) -> None:
                    help="run on N simulated CPU devices (check a pod mesh on a workstation)")
     p.add_argument("--seq-len", type=int, default=None, help="compile-only bucket length (default: data config)")
     p.add_argument("--num-edges", type=int, default=None, help="compile-only edge budget (default: data config)")
+    p.add_argument("--device-memory", default=None, metavar="SIZE",
+                   help="compile-only: fail (exit 2) when the per-device footprint exceeds SIZE, e.g. 80GiB "
+                        "(default: the accelerator's memory; none on CPU)")
     p.add_argument("--verify-shards", choices=("sampled", "full"), default=None,
                    help="check the shard files against prepare's fingerprints: sizes + sampled SHA-256 "
                         "(default, data.verify_shards) or every byte")
@@ -322,7 +325,8 @@ def _add_pretrain(sub) -> None:
 
         overrides = list(args.overrides) + ([f"data.verify_shards={args.verify_shards}"] if args.verify_shards else [])
         return pretrain_command(args.config, overrides, compile_only=args.compile_only,
-                                cpu_devices=args.cpu_devices, seq_len=args.seq_len, num_edges=args.num_edges)
+                                cpu_devices=args.cpu_devices, seq_len=args.seq_len, num_edges=args.num_edges,
+                                device_memory=args.device_memory)
 
     p.set_defaults(func=run)
 

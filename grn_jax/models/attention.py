@@ -61,6 +61,76 @@ def dot_product_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, key_mask_BxT, *, drop
     return out_BxSxHxK, w_BxHxSxT
 
 
+def blocked_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, key_mask_BxT, *, block: int = 512, dtype=jnp.float32):
+    """Softmax attention over key blocks with a running max and sum: never holds S x T probabilities.
+
+    The same function as `dot_product_attention` without dropout (masked keys
+    get the most negative finite logit), computed in float32 over blocks of
+    `block` keys (online softmax); each block is rematerialised in the backward
+    pass, so a layer keeps [B, H, S, block] scores and the per-block carries
+    instead of [B, H, S, T]. Returns [B, S, H, K].
+    """
+    b, s, h, kd = q_BxSxHxK.shape
+    t = k_BxTxHxK.shape[1]
+    block = max(1, min(int(block), t))
+    n_blocks = -(-t // block)
+    pad = n_blocks * block - t
+    if pad:  # padded keys are masked like padding tokens
+        k_BxTxHxK = jnp.pad(k_BxTxHxK, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        v_BxTxHxK = jnp.pad(v_BxTxHxK, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        key_mask_BxT = jnp.pad(key_mask_BxT, ((0, 0), (0, pad)))
+
+    def blocks(x):  # [B, T, ...] -> [n_blocks, B, block, ...]
+        return jnp.swapaxes(x.reshape((b, n_blocks, block) + x.shape[2:]), 0, 1)
+
+    q32_BxSxHxK = q_BxSxHxK.astype(jnp.float32) / jnp.sqrt(jnp.float32(kd))
+    low = jnp.finfo(jnp.float32).min
+
+    @jax.checkpoint
+    def step(carry, xs):
+        m_BxHxS, l_BxHxS, acc_BxHxSxK = carry
+        k_BxCxHxK, v_BxCxHxK, mask_BxC = xs
+        logits_BxHxSxC = jnp.einsum("bshk,bchk->bhsc", q32_BxSxHxK, k_BxCxHxK.astype(jnp.float32))
+        logits_BxHxSxC = jnp.where(mask_BxC[:, None, None, :], logits_BxHxSxC, low)
+        m_new = jnp.maximum(m_BxHxS, logits_BxHxSxC.max(axis=-1))
+        p_BxHxSxC = jnp.exp(logits_BxHxSxC - m_new[..., None])
+        scale = jnp.exp(m_BxHxS - m_new)
+        l_new = l_BxHxS * scale + p_BxHxSxC.sum(axis=-1)
+        acc_new = acc_BxHxSxK * scale[..., None] + jnp.einsum("bhsc,bchk->bhsk", p_BxHxSxC,
+                                                               v_BxCxHxK.astype(jnp.float32))
+        return (m_new, l_new, acc_new), None
+
+    init = (jnp.full((b, h, s), low, jnp.float32), jnp.zeros((b, h, s), jnp.float32),
+            jnp.zeros((b, h, s, kd), jnp.float32))
+    (_, l_BxHxS, acc_BxHxSxK), _ = jax.lax.scan(
+        step, init, (blocks(k_BxTxHxK), blocks(v_BxTxHxK), blocks(key_mask_BxT)))
+    out_BxHxSxK = acc_BxHxSxK / l_BxHxS[..., None]
+    return jnp.swapaxes(out_BxHxSxK, 1, 2).astype(dtype)
+
+
+def self_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, key_mask_BxT, *, impl: str = "xla", block: int = 512,
+                   remat: bool = False, dropout_rng=None, dropout_rate: float = 0.0, deterministic: bool = True,
+                   dtype=jnp.float32):
+    """The softmax-attention core on the selected path -> ([B, S, H, K], weights [B, H, S, T] or None).
+
+    impl "blocked" never materialises the weights (returns None); `remat`
+    recomputes the core in the backward pass instead of keeping its S x T
+    probabilities (model.remat = attention).
+    """
+    def core(q, k, v, mask, rng):
+        if impl == "blocked":
+            if not deterministic and dropout_rate > 0:
+                raise ValueError("attention_impl='blocked' has no attention dropout; set "
+                                 "model.attention_dropout_rate=0 or use attention_impl='xla'")
+            return blocked_attention(q, k, v, mask, block=block, dtype=dtype), None
+        return dot_product_attention(q, k, v, mask, dropout_rng=rng, dropout_rate=dropout_rate,
+                                     deterministic=deterministic, dtype=dtype)
+
+    if remat:
+        core = jax.checkpoint(core)
+    return core(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, key_mask_BxT, dropout_rng)
+
+
 def diffuse_queries(q_BxSxHxK, ctx: DiffusionContext, plan):
     """exp(-beta L) applied to the queries of all heads in one pass, in float32; CLS untouched."""
     from grn_jax.graphs.diffusion import diffuse  # noqa: PLC0415  (graphs -> models, one way)
@@ -75,14 +145,16 @@ def diffuse_queries(q_BxSxHxK, ctx: DiffusionContext, plan):
 
 def diffusion_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, ctx: DiffusionContext, plan, *,
                         dropout_rng=None, dropout_rate: float = 0.0, deterministic: bool = True,
-                        dtype=jnp.float32, impl: str = "xla"):
+                        dtype=jnp.float32, impl: str = "xla", block: int = 512, remat: bool = False):
     """Graph Diffusion Kernel Attention: softmax(exp(-beta L) Q K^T / sqrt(K)) V.
 
     Only queries are diffused (keys and values keep the tokens' own information).
     Returns ([B, S, H, K], weights [B, H, S, S]). `impl` selects the backend;
     "xla" is the reference composition of `diffuse_queries` and
-    `dot_product_attention`; "pallas" runs the fused kernels on a GPU (weights
-    None) and falls back to "xla" with a logged reason elsewhere.
+    `dot_product_attention`; "blocked" diffuses the same way and attends over
+    key blocks (`blocked_attention`, weights None); "pallas" runs the fused
+    kernels on a GPU (weights None) and falls back to "xla" with a logged
+    reason elsewhere. `remat` recomputes the attention core in the backward pass.
     """
     if impl == "pallas":  # fused kernels (grn_jax.kernels); None = cannot run here, reason logged
         from grn_jax.kernels.dispatch import pallas_gdka  # noqa: PLC0415
@@ -91,11 +163,12 @@ def diffusion_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, ctx: Diff
                           ctx.passthrough_mask_BxS, plan, dropout_active=not deterministic and dropout_rate > 0)
         if out is not None:
             return out.astype(dtype), None  # the S x S weights are never materialised
-    elif impl != "xla":
-        raise ValueError(f"attention_impl={impl!r} is unknown; use 'xla' or 'pallas'")
+    elif impl not in ("xla", "blocked"):
+        raise ValueError(f"attention_impl={impl!r} is unknown; use 'xla', 'blocked' or 'pallas'")
     q_BxSxHxK = diffuse_queries(q_BxSxHxK, ctx, plan)
-    return dot_product_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, dropout_rng=dropout_rng,
-                                 dropout_rate=dropout_rate, deterministic=deterministic, dtype=dtype)
+    return self_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, impl="blocked" if impl == "blocked"
+                          else "xla", block=block, remat=remat, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+                          deterministic=deterministic, dtype=dtype)
 
 
 # Fan-in over the contracted axes, as a flat [in, out] Dense would have it.
@@ -129,6 +202,8 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     impl: str = "xla"
     dtype: Any = jnp.float32
+    block: int = 512  # keys per block under impl="blocked"
+    remat: bool = False  # recompute the attention core in the backward pass (model.remat = attention)
 
     @nn.compact
     def __call__(self, x_BxSxD, key_mask_BxT, *, context_BxTxD=None, ctx: Optional[DiffusionContext] = None,
@@ -151,12 +226,16 @@ class MultiHeadAttention(nn.Module):
         if self.kind == "diffusion":
             if ctx is None or self.plan is None:
                 raise ValueError("MultiHeadAttention(kind='diffusion') needs a DiffusionContext and a plan")
-            out, weights = diffusion_attention(q, k, v, key_mask_BxT, ctx, self.plan, impl=self.impl, **common)
-        elif self.kind in ("vanilla", "cross"):
+            out, weights = diffusion_attention(q, k, v, key_mask_BxT, ctx, self.plan, impl=self.impl,
+                                               block=self.block, remat=self.remat, **common)
+        elif self.kind == "vanilla":
+            out, weights = self_attention(q, k, v, key_mask_BxT, impl="blocked" if self.impl == "blocked" else "xla",
+                                          block=self.block, remat=self.remat, **common)
+        elif self.kind == "cross":
             out, weights = dot_product_attention(q, k, v, key_mask_BxT, **common)
         else:
             raise ValueError(f"MultiHeadAttention.kind must be vanilla | diffusion | cross, got {self.kind!r}")
-        if weights is not None:  # None under attention_impl="pallas" (never materialised)
+        if weights is not None:  # None under attention_impl="pallas" / "blocked" (never materialised)
             self.sow("intermediates", "weights", weights)
         out = nn.with_logical_constraint(out.astype(self.dtype), act_names)
         y = _proj(hk + (d,), "bshk,hkd->bsd", (axes.HEADS, axes.HEAD_DIM, axes.EMBED), _OUT_PROJ_INIT, "out",

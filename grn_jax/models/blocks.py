@@ -73,7 +73,8 @@ class EncoderBlock(nn.Module):
         cfg = self.config
         attn = MultiHeadAttention(cfg.n_heads, kind=self.kind, plan=self.plan,
                                   dropout_rate=cfg.attention_dropout_rate, impl=cfg.attention_impl,
-                                  dtype=self.dtype, name="attention")
+                                  dtype=self.dtype, block=cfg.attention_block, remat=cfg.remat == "attention",
+                                  name="attention")
         mlp = Mlp(cfg, self.dtype, self.deterministic, name="mlp")
         drop = nn.Dropout(cfg.dropout_rate)
 
@@ -109,8 +110,10 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxSxD, key_mask_BxS, ctx: Optional[DiffusionContext] = None):
+        # model.remat = block: each layer keeps only its input; the backward pass recomputes the rest
+        block = nn.remat(EncoderBlock, prevent_cse=False) if self.config.remat == "block" else EncoderBlock
         for run, (kind, length) in enumerate(layer_runs(self.kinds)):
-            stack = nn.scan(EncoderBlock, variable_axes={"params": 0, "intermediates": 0},
+            stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
                             split_rngs={"params": True, "dropout": True},
                             in_axes=(nn.broadcast, nn.broadcast), length=length,
                             metadata_params={nn.PARTITION_NAME: None})

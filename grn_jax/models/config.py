@@ -16,7 +16,8 @@ from grn_jax.types import BinSpec
 ATTENTION_KINDS = ("vanilla", "diffusion")
 NORM_KINDS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu")
-ATTENTION_IMPLS = ("xla", "pallas")
+ATTENTION_IMPLS = ("xla", "blocked", "pallas")
+REMAT_POLICIES = ("none", "attention", "block")
 DTYPES = ("float32", "bfloat16")
 GNN_KINDS = ("sage", "gcn", "gin")
 AGGREGATORS = ("mean", "max")
@@ -99,7 +100,11 @@ class ModelConfig:
     diffusion_beta: float | str = 0.1
     diffusion_tol: float = 1e-8  # Chebyshev coefficient-tail tolerance (adaptive order)
     diffusion_order: Optional[int] = None  # fixed Chebyshev order instead (the paper's K = 64)
-    attention_impl: str = "xla"  # xla | pallas (grn_jax.kernels)
+    attention_impl: str = "xla"  # xla | blocked (XLA, key blocks, no S x S) | pallas (grn_jax.kernels)
+    attention_block: int = 512  # keys per block under attention_impl="blocked"
+    # activation rematerialisation in the backward pass: none | attention (the softmax core of every
+    # layer, so no S x S probabilities are kept) | block (each whole encoder layer keeps only its input)
+    remat: str = "none"
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     dtype: str = "float32"
@@ -124,6 +129,11 @@ class ModelConfig:
         _check_choice(o, "activation", self.activation, ACTIVATIONS)
         _check_choice(o, "norm", self.norm, NORM_KINDS)
         _check_choice(o, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _check_positive(o, "attention_block", self.attention_block)
+        _check_choice(o, "remat", self.remat, REMAT_POLICIES)
+        if self.attention_impl == "blocked" and self.attention_dropout_rate > 0:
+            raise ValueError(f"{o}.attention_impl='blocked' has no attention dropout; set attention_dropout_rate=0 "
+                             f"or use attention_impl='xla'")
         _check_choice(o, "dtype", self.dtype, DTYPES)
         _check_rate(o, "dropout_rate", self.dropout_rate)
         _check_rate(o, "attention_dropout_rate", self.attention_dropout_rate)

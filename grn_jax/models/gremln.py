@@ -80,7 +80,7 @@ def diffusion_context(batch: TokenBatch, impl: str = "xla") -> DiffusionContext:
     lap = normalized_laplacian(batch.graph, num_nodes=s)
     cls_BxS = jnp.broadcast_to((jnp.arange(s) == 0)[None, :], batch.token_mask.shape) & batch.token_mask
     return DiffusionContext(laplacian=lap, node_mask_BxS=batch.token_mask.astype(bool),
-                            passthrough_mask_BxS=cls_BxS, packed=pack_laplacian(lap) if impl == "xla" and resolve_impl() == "xla" else None)
+                            passthrough_mask_BxS=cls_BxS, packed=pack_laplacian(lap) if impl != "pallas" and resolve_impl() == "xla" else None)
 
 
 class GREmLN(nn.Module):

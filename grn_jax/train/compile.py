@@ -61,6 +61,58 @@ class CompileReport:
         return "\n".join(lines)
 
 
+_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1 << 10, "M": 1000**2, "MB": 1000**2, "MIB": 1 << 20,
+          "G": 1000**3, "GB": 1000**3, "GIB": 1 << 30, "T": 1000**4, "TB": 1000**4, "TIB": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """'80GiB', '80GB', '512MiB', '1e9' -> bytes; ValueError naming the value otherwise."""
+    raw = str(text).strip()
+    num = raw.rstrip("bBiIkKmMgGtT ")
+    unit = raw[len(num):].strip().upper()
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or not value > 0:
+        raise ValueError(f"--device-memory {text!r}: expected a positive size such as 80GiB, 40GB or 512MiB")
+    return int(value * _UNITS[unit])
+
+
+def device_memory_default() -> tuple[Optional[int], str]:
+    """(bytes per device, source) from the accelerator's allocator limit; (None, reason) on CPU."""
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return None, "no default on CPU (pass --device-memory)"
+    stats = dev.memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    return (int(limit), f"{dev.device_kind} allocator limit") if limit else (None, "the device reports no limit")
+
+
+def footprint(memory: dict) -> int:
+    """Per-device bytes the step needs at once: arguments + outputs + temporaries - donated (aliased) outputs."""
+    return (memory.get("argument_size_in_bytes", 0) + memory.get("output_size_in_bytes", 0)
+            + memory.get("temp_size_in_bytes", 0) - memory.get("alias_size_in_bytes", 0))
+
+
+def check_device_memory(report: "CompileReport", limit: int, source: str) -> None:
+    """ValueError when the compiled step's per-device footprint exceeds `limit`, naming what to change."""
+    need = footprint(report.memory)
+    if need <= limit:
+        return
+    temp = report.memory.get("temp_size_in_bytes", 0)
+    state = report.memory.get("argument_size_in_bytes", 0)
+    if temp >= state:
+        advice = ("activations dominate: set model.remat=attention (or block), model.attention_impl=blocked, "
+                  "raise train.grad_accum, or put more devices on the batch axes (mesh.data / mesh.fsdp)")
+    else:
+        advice = ("parameters and optimiser state dominate: raise mesh.fsdp (they are split over fsdp) "
+                  "or mesh.tensor, and lower mesh.data by the same factor")
+    raise ValueError(
+        f"device memory: the step needs {_human(need)} per device (temp {_human(temp)}, arguments "
+        f"{_human(state)}) but {_human(limit)} are available ({source}); {advice}")
+
+
 def _human(n_bytes: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n_bytes >= size:
@@ -91,12 +143,20 @@ def _flops(compiled) -> Optional[float]:
 
 
 def compile_only(cfg: RunConfig, *, seq_len: Optional[int] = None, num_edges: Optional[int] = None,
-                 log: Callable[[str], None] = print) -> CompileReport:
+                 device_memory: Optional[str | int] = None, log: Callable[[str], None] = print) -> CompileReport:
     """Lower and compile the train step for `cfg` on its mesh; print and return the report.
 
     `seq_len` / `num_edges` default to the largest bucket the data config allows
     (CLS + `tokenize.max_genes`, `tokenize.max_edges`), else 2048 / 8192.
+    `device_memory` ('80GiB' or bytes; default: the accelerator's allocator
+    limit, none on CPU) is checked against the per-device footprint: over it,
+    ValueError naming the axis to change.
     """
+    if device_memory is not None:
+        limit, source = (device_memory, "as given") if isinstance(device_memory, int) else \
+            (parse_bytes(device_memory), f"--device-memory {device_memory}")
+    else:
+        limit, source = None, ""
     from grn_jax.train.model_fns import model_fns
     from grn_jax.models.summary import count_params
     from grn_jax.train.data import abstract_local_batch, masking_fn
@@ -139,5 +199,11 @@ def compile_only(cfg: RunConfig, *, seq_len: Optional[int] = None, num_edges: Op
         n_params=count_params(abstract.params), param_bytes_per_device=param_bytes,
         memory=_memory_fields(compiled), flops=counted.total / mesh.size, compile_s=compile_s,
         flops_global=float(counted.total), xla_flops=_flops(compiled), flops_uncounted=counted.uncounted)
+    if limit is None:
+        limit, source = device_memory_default()
     log(report.format())
+    log(f"per-device footprint: {_human(footprint(report.memory))} (arguments + outputs + temp - donated)"
+        + (f" of {_human(limit)} ({source})" if limit else f"; {source}"))
+    if limit:
+        check_device_memory(report, limit, source)
     return report

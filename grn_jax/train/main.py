@@ -25,7 +25,7 @@ def use_cpu_devices(n: int) -> None:
 
 def pretrain_command(config: str, overrides: Sequence[str] = (), *, compile_only: bool = False,
                      cpu_devices: Optional[int] = None, seq_len: Optional[int] = None,
-                     num_edges: Optional[int] = None) -> int:
+                     num_edges: Optional[int] = None, device_memory: Optional[str] = None) -> int:
     """Load `config` with `overrides`, then pretrain or compile; returns the process exit code."""
     if cpu_devices is not None:
         use_cpu_devices(cpu_devices)
@@ -38,7 +38,7 @@ def pretrain_command(config: str, overrides: Sequence[str] = (), *, compile_only
         if compile_only:
             from grn_jax.train.compile import compile_only as run_compile
 
-            run_compile(cfg, seq_len=seq_len, num_edges=num_edges)
+            run_compile(cfg, seq_len=seq_len, num_edges=num_edges, device_memory=device_memory)
             return 0
         from grn_jax.train.loop import pretrain
 
