@@ -45,8 +45,10 @@ def quickstart_data(out_dir, *, networks: bool = True, graph: Optional[GraphSour
         inferred = infer_cell_type_networks(adata, cell_type_key="cell_type")
         write_cell_type_networks(inferred, out_dir / "networks")
         graph = inferred.networks
-        network_report = {"folder": str(out_dir / "networks"), "cell_types": len(inferred.networks),
-                          "edges": {t: int(n.num_edges) for t, n in inferred.networks.items()}}
+        network_report = {"folder": str(out_dir / "networks"), "cell_types": len(inferred.summary),
+                          "method": inferred.params["method"], "own_network": inferred.own,
+                          "pooled_fallback": inferred.fell_back,
+                          "edges": {t: int(inferred.networks[t].num_edges) for t in inferred.own}}
     shards = out_dir / "shards"
     summary = prepare(adata, shards, quickstart_config(), graph=graph, overwrite=overwrite,
                       dataset_name="pbmc68k_reduced (scanpy), counts recovered")
@@ -62,8 +64,12 @@ def quickstart(out_dir, *, networks: bool = True, echo=print) -> dict:
     echo("== grn-jax quickstart: data pipeline on bundled PBMC data ==")
     echo(f"count recovery   {rec['formula']}: max |x - rint(x)| = {rec['max_abs_deviation']:.4f}")
     if summary["networks"]:
-        e = summary["networks"]["edges"]
-        echo(f"networks         ARACNe per cell type: {len(e)} types, {min(e.values())}-{max(e.values())} edges "
-             f"each, in {summary['networks']['folder']}")
+        net = summary["networks"]
+        e = net["edges"]
+        fb = net["pooled_fallback"]
+        echo(f"networks         {net['method']} per cell type: {len(e)} of {net['cell_types']} types got their own "
+             f"network ({min(e.values(), default=0)}-{max(e.values(), default=0)} edges each)"
+             + (f", {len(fb)} fell back to the pooled network ({', '.join(fb)})" if fb else "")
+             + f", in {net['folder']}")
     echo(format_summary(summary))
     return summary

@@ -43,8 +43,12 @@ def test_quickstart_data_stage_prints_summary_and_writes_shards(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_data_stage_with_cell_type_networks(tmp_path):
-    summary = quickstart(tmp_path / "qs", echo=lambda _: None)
+    lines = []
+    summary = quickstart(tmp_path / "qs", echo=lines.append)
     assert summary["networks"]["cell_types"] >= 10 and summary["tokens"]["edges_kept"] > 0
+    net = summary["networks"]  # the count names types, not networks (the pooled one is not a type)
+    assert net["cell_types"] == 10 == len(net["own_network"]) + len(net["pooled_fallback"])
+    assert f"{len(net['own_network'])} of 10 types got their own network" in "\n".join(lines)
     store = ShardStore(tmp_path / "qs" / "shards", verify=True)
     cells = [store.cell(i) for i in range(len(store))]
     assert sum(len(c["edge_src"]) for c in cells) == summary["tokens"]["edges_kept"]
