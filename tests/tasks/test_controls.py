@@ -46,6 +46,23 @@ def test_random_init_params_equal_the_runs_initialisation_bitwise(runs):
         random_init_params(dataclasses.replace(pre, run_config={**pre.run_config, "train": {}}))
 
 
+def test_random_init_equals_pretrainings_sharded_init_on_an_fsdp_tensor_mesh(runs):
+    """`pretrain` initialises with jit(init, out_shardings) over its mesh: the values do not depend on the mesh."""
+    from grn_jax.train import sharding as sh
+    from grn_jax.train.config import MeshConfig, TrainConfig
+    from grn_jax.train.model_fns import model_fns
+    from grn_jax.train.optim import make_optimizer
+    from grn_jax.train.state import init_sharded_state
+    from grn_jax.train.typed import build
+
+    pre = runs["gdka"]
+    mesh = sh.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    tx = make_optimizer(build(TrainConfig, pre.run_config["train"], "train"))
+    init = init_sharded_state(model_fns(pre.model_config).init_params, tx, mesh,
+                              jax.random.key(pre.run_config["train"]["seed"]))
+    assert _equal_trees(random_init_params(pre), jax.device_get(init.state.params))
+
+
 @pytest.fixture(scope="module")
 def half_seen(sim, tmp_path_factory):
     """A run pretrained on sim's first 100 cells (25 % of them its validation split)."""
