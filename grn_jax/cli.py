@@ -190,7 +190,7 @@ def _add_grn(sub) -> None:
     p = sub.add_parser("grn", help="gene regulatory networks: per-cell-type ARACNe inference, networks for new cells")
     gsub = p.add_subparsers(dest="grn_command", required=True)
 
-    q = gsub.add_parser("infer", help="one ARACNe network per cell type of an .h5ad (+ summary)")
+    q = gsub.add_parser("infer", help="one network per cell type of an .h5ad (+ summary): Spearman, pcor or ARACNe")
     q.add_argument("data", help="input .h5ad with counts in X (or --layer)")
     q.add_argument("--out", required=True, help="output folder: networks/, summary.tsv/json, labels.tsv")
     _renamed(q, "--label-key", "--cell-type-key", dest="cell_type_key", default=None,

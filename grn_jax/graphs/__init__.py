@@ -22,7 +22,8 @@ from grn_jax.graphs.aracne import (  # noqa: E402
 from grn_jax.graphs.celltype_networks import (  # noqa: E402
     METHODS, CellTypeNetworks, cluster_cells, consensus_networks, infer_cell_type_networks, parse_regulators,
     variable_genes)
-from grn_jax.graphs.rank_network import infer_rank_network, spearman_matrix, spearman_pvalue  # noqa: E402
+from grn_jax.graphs.rank_network import (  # noqa: E402
+    infer_rank_network, partial_spearman_matrix, spearman_matrix, spearman_pvalue)
 from grn_jax.graphs.network_dir import (  # noqa: E402
     assign_networks_to_dir, infer_networks_to_dir, read_cell_type_networks, write_cell_type_networks)
 from grn_jax.graphs.network_io import (  # noqa: E402
