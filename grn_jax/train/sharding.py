@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -138,11 +139,39 @@ def param_shardings(abstract_boxed_params: Any, mesh: Mesh) -> tuple[Any, int]:
     out = []
     flat_s, treedef = jax.tree_util.tree_flatten(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
     flat_p = treedef.flatten_up_to(shapes)
-    for s, p in zip(flat_s, flat_p):
+    flat_logical = treedef.flatten_up_to(specs)
+    paths = [jax.tree_util.keystr(k, simple=True, separator="/")
+             for k, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]]
+    unfit: dict = {}
+    for s, p, logical, path in zip(flat_s, flat_p, flat_logical, paths):
         fitted, dropped = fit_sharding_to_shape(s, p.shape)
         n_unfitted += dropped
         out.append(fitted)
+        if dropped:
+            for dim, (want, got) in enumerate(zip(list(s.spec) + [None] * len(p.shape), fitted.spec)):
+                if want is not None and got is None:
+                    name = logical[dim] if logical is not None and dim < len(logical) else None
+                    unfit.setdefault((name, p.shape[dim], want), []).append(path)
+    for (name, size, mesh_axes), params in unfit.items():
+        warnings.warn(unfit_message(name, size, mesh_axes, mesh, params), stacklevel=2)
     return jax.tree_util.tree_unflatten(treedef, out), n_unfitted
+
+
+_CONFIG_FIELD = {axes.HEADS: "model.n_heads", axes.MLP: "model.mlp_dim", axes.EMBED: "model.d_model",
+                 axes.HEAD_DIM: "model.d_model / model.n_heads"}
+
+
+def unfit_message(logical_name, size: int, mesh_axes, mesh: Mesh, params: Sequence[str]) -> str:
+    """The warning for a parameter dimension that its mesh axis does not divide (it is replicated instead)."""
+    names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+    n = math.prod(mesh.shape[a] for a in names)
+    axis_text = " x ".join(f"{a}={mesh.shape[a]}" for a in names)
+    field = _CONFIG_FIELD.get(logical_name)
+    fix = (f"choose {field} divisible by {n}, or change mesh.{names[0]}" if field
+           else f"or change mesh.{names[0]}")
+    shown = ", ".join(params[:3]) + (f" and {len(params) - 3} more" if len(params) > 3 else "")
+    return (f"sharding: dimension {logical_name!r} of size {size} is not divisible by mesh axis {axis_text}; "
+            f"{len(params)} parameter(s) ({shown}) keep it replicated on that axis (no memory saving there); {fix}")
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

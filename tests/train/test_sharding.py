@@ -110,3 +110,27 @@ def test_indivisible_dimensions_are_replicated_and_counted():
     assert fitted.spec == P("fsdp", None) and dropped == 1
     fitted, dropped = sh.fit_sharding_to_shape(NamedSharding(mesh, P()), (16, 5))
     assert fitted.spec == P(None, None) and dropped == 0
+
+
+def test_indivisible_heads_and_mlp_warn_naming_the_parameter_and_axis():
+    import warnings
+
+    from grn_jax.models.config import tiny
+    from grn_jax.train.model_fns import model_fns
+
+    _, init_params, _ = model_fns(tiny(d_model=32, n_heads=2, mlp_dim=30))
+    abstract = jax.eval_shape(init_params, jax.random.key(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, n_unfitted = sh.param_shardings(abstract, sh.make_mesh(MeshConfig(1, 2, 4)))
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2, messages  # one warning per (dimension, axis), not one per parameter
+    heads, mlp = messages
+    assert "dimension 'heads' of size 2 is not divisible by mesh axis tensor=4" in heads
+    assert "encoder/layers_0/attention/query/kernel" in heads and "model.n_heads divisible by 4" in heads
+    assert "dimension 'mlp' of size 30 is not divisible by mesh axis tensor=4" in mlp
+    assert "encoder/layers_0/mlp/wi/kernel" in mlp and "model.mlp_dim divisible by 4" in mlp
+    assert n_unfitted == 4 + 3  # q, k, v, out kernels (heads); wi kernel + bias, wo kernel (mlp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a mesh that divides everything: silent
+        sh.param_shardings(abstract, sh.make_mesh(MeshConfig(1, 4, 2)))
