@@ -144,3 +144,17 @@ def test_prepare_reports_diagnostics_recounted_from_the_shards(tmp_path):
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["summary"]["graph_diagnostics"] == \
         s["graph_diagnostics"]
     assert "use the pooled network, not their own: t1, t2" in format_summary(s)
+
+
+def test_spectrum_work_is_budgeted_but_keeps_a_minimum_sample(monkeypatch):
+    import grn_jax.graphs.diagnostics as dg
+
+    diag = GraphDiagnostics(sample_cells=10)
+    # 10 cells, each a 6-node path over positions 1..6
+    src = np.tile(np.arange(1, 6), 10)
+    diag.add(np.full(10, 6), np.arange(0, 51, 5), src, src + 1, np.ones(50))
+    assert diag.summary(0.1)["sample_cells"] == 10
+    monkeypatch.setattr(dg, "SPECTRUM_BUDGET", 6**3 * 6 + 1)  # room for 6 cells
+    assert diag.summary(0.1)["sample_cells"] == 6
+    monkeypatch.setattr(dg, "SPECTRUM_BUDGET", 1)
+    assert diag.summary(0.1)["sample_cells"] == dg.MIN_SPECTRA
