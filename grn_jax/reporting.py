@@ -412,6 +412,19 @@ def write_training_reference(run_dir, counts_h5ad, out_path) -> Path:
     return Path(out_path)
 
 
+def quickstart_graph(out_dir, run_dir):
+    """The evaluations' GraphSpec for a quickstart OUT folder: none without OUT/networks, else kNN graph
+    integration over its per-cell-type networks with the run's training cells of OUT/pbmc68k_counts.h5ad as the
+    reference (written to OUT/eval_reference.h5ad) — never the evaluated cells' own labels."""
+    from grn_jax.inference.graph_sources import GraphSpec
+
+    out = Path(out_dir)
+    if not (out / "networks" / "summary.json").is_file():
+        return GraphSpec()
+    ref = write_training_reference(run_dir, out / "pbmc68k_counts.h5ad", out / "eval_reference.h5ad")
+    return GraphSpec(networks_dir=str(out / "networks"), reference=str(ref))
+
+
 def quickstart_report(out_dir, run_dir, embedded, *, echo: Callable[[str], None] = print) -> Report:
     """The last stage of `make quickstart`: three evaluations of the tiny run, then its report.
 
@@ -427,10 +440,7 @@ def quickstart_report(out_dir, run_dir, embedded, *, echo: Callable[[str], None]
 
     out, run_dir = Path(out_dir), Path(run_dir)
     counts = out / "pbmc68k_counts.h5ad"
-    graph = GraphSpec()
-    if (out / "networks" / "summary.json").is_file():
-        graph = GraphSpec(networks_dir=str(out / "networks"),
-                          reference=str(write_training_reference(run_dir, counts, out / "eval_reference.h5ad")))
+    graph = quickstart_graph(out, run_dir)
     eval_dir = run_dir / "eval"
     echo(f"== evaluating {run_dir} on the bundled PBMCs (annotation, edge prediction, TF attention) ==")
     quiet = {"log": lambda s: None}

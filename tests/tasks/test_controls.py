@@ -198,3 +198,26 @@ def test_training_reference_holds_exactly_the_trained_cells(half_seen, sim, tmp_
     assert line == ("macro_f1 (mean over splits): grn_jax 0.500, random_init 0.250, chance 0.100; "
                     "grn_jax - random_init = +0.250; grn_jax - chance = +0.400")
     assert controls_line({"pca_logreg": row(0.9)}) is None
+
+
+@pytest.mark.slow
+def test_quickstart_evaluations_score_held_out_cells_with_knn_graphs(half_seen, sim, tmp_path):
+    """quickstart_graph on a toy OUT folder: reference = the training cells, scored = the others, no label graphs."""
+    from grn_jax.graphs import infer_cell_type_networks, write_cell_type_networks
+    from grn_jax.reporting import quickstart_graph
+
+    pre, cfg = half_seen
+    trained = _trained_names(cfg, sim)
+    assert quickstart_graph(tmp_path, pre.run_dir) == GraphSpec()  # no networks folder: no graph
+    seen = sim.adata[:100].copy()  # the run's shards: networks inferred from them, labels.tsv names them
+    tfs = list(seen.var_names[seen.var["is_tf"].to_numpy()])
+    nets = infer_cell_type_networks(seen, cell_type_key="cell_type", regulators=tfs)
+    write_cell_type_networks(nets, tmp_path / "networks", cell_names=seen.obs_names)
+    sim.adata.write_h5ad(tmp_path / "pbmc68k_counts.h5ad")
+    graph = quickstart_graph(tmp_path, pre.run_dir)
+    assert graph.cell_type_column is None and graph.reference == str(tmp_path / "eval_reference.h5ad")
+    r = evaluate_annotation(pre, tmp_path / "pbmc68k_counts.h5ad", label_key="cell_type", graph=graph,
+                            n_splits=2, batch_size=32, **QUIET)
+    assert r.counts["cells_seen_in_pretraining"] == len(trained) == 75
+    assert not set(r.details["all"]["cells"]) & trained
+    assert {"grn_jax", "random_init", "pca_logreg", "majority", "chance"} <= set(r.metrics["all"])
