@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from grn_jax._io import atomic_write_text, check_out_dir
+from grn_jax._io import atomic_path, atomic_write_text, check_out_dir
 from grn_jax.data.ingest import read_h5ad
 from grn_jax.data.validate import check_counts_matrix
 from grn_jax.graphs.celltype_networks import POOLED, CellTypeNetworks, infer_cell_type_networks
@@ -134,17 +134,17 @@ def assign_networks_to_dir(net_dir: PathLike, train_path: PathLike, query_path: 
     src = assign_networks(_counts(train, layer), list(train.var_names), lab.loc[train.obs_names].to_numpy(), nets,
                           _counts(query, layer), list(query.var_names), k=k, alpha=alpha, seed=seed)
     os.makedirs(out_dir, exist_ok=True)
-    pd.DataFrame(src.posterior, index=query.obs_names, columns=src.exclusion.types).to_csv(
-        os.path.join(out_dir, "posterior.tsv"), sep="\t", index_label="cell")
+    atomic_write_text(os.path.join(out_dir, "posterior.tsv"), pd.DataFrame(
+        src.posterior, index=query.obs_names, columns=src.exclusion.types).to_csv(sep="\t", index_label="cell"))
     expressed = sp.csr_matrix(_counts(query, layer)) > 0
     edges = src.cell_edges(np.arange(query.n_obs), expressed)
     genes = np.asarray(query.var_names, dtype=object)
     cell_of_edge = np.repeat(np.arange(query.n_obs), np.diff(edges.ptr))
-    pd.DataFrame({"cell": np.asarray(query.obs_names, dtype=object)[cell_of_edge], "regulator": genes[edges.src],
-                  "target": genes[edges.dst], "weight": edges.weight}).to_parquet(
-        os.path.join(out_dir, "cell_edges.parquet"), index=False)
+    with atomic_path(os.path.join(out_dir, "cell_edges.parquet")) as tmp:
+        pd.DataFrame({"cell": np.asarray(query.obs_names, dtype=object)[cell_of_edge],
+                      "regulator": genes[edges.src], "target": genes[edges.dst],
+                      "weight": edges.weight}).to_parquet(tmp, index=False)
     report = {**src.report, "train_cells_without_label": int(missing.sum()), "networks_dir": str(net_dir),
               "edges_per_cell_mean": float(np.diff(edges.ptr).mean()) if query.n_obs else 0.0}
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2, default=str)
+    atomic_write_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2, default=str))
     return report
