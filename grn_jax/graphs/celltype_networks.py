@@ -275,7 +275,7 @@ def infer_cell_type_networks(
     _infer_fn(method)
     if all_cells and cell_type_key is not None:
         raise ValueError(f"all_cells (--all-cells) makes one network of all cells; drop cell_type_key "
-                         f"{cell_type_key!r} (--cell-type-key) or all_cells")
+                         f"{cell_type_key!r} (--label-key) or all_cells")
     regulators, regulator_source = parse_regulators(regulators, adata, layer)
     genes = np.asarray(adata.var_names.astype(str))
     reg_idx, missing = aracne.resolve_regulators(genes, regulators)
