@@ -27,12 +27,20 @@ from grn_jax.data.shards import ShardStore
 
 
 class _EpochOrder:
-    """Random-access sequence: position -> prepared cell index, over epochs, for one host."""
+    """Random-access sequence: position -> prepared cell index, over epochs, for one host.
+
+    With `local_batch` (training: drop_remainder), host p's batch g holds the
+    contiguous slice [g*B + p*b, g*B + (p+1)*b) of the epoch's permutation
+    (B = b x hosts), so the global batch the hosts assemble is exactly the
+    batch one process would read: multi-host runs reproduce single-host ones.
+    A tail shorter than b per host, and evaluation order, are strided (p::hosts).
+    """
 
     def __init__(self, n_cells: int, shuffle: bool, seed: int, process_index: int, process_count: int,
-                 drop_remainder: bool, num_epochs: Optional[int]):
+                 drop_remainder: bool, num_epochs: Optional[int], local_batch: Optional[int] = None):
         self.n, self.shuffle, self.seed = n_cells, shuffle, seed
         self.p, self.count = process_index, process_count
+        self.local_batch = local_batch if drop_remainder else None
         self.per_epoch = n_cells // process_count if drop_remainder else len(range(process_index, n_cells,
                                                                                  process_count))
         self.num_epochs = num_epochs
@@ -52,6 +60,13 @@ class _EpochOrder:
 
     def __getitem__(self, i: int) -> int:
         epoch, j = divmod(int(i), self.per_epoch)
+        b = self.local_batch
+        if b and j < self.per_epoch // b * b:  # whole batches: contiguous slices of the global batch
+            g, r = divmod(j, b)
+            return int(self._perm(epoch)[g * b * self.count + self.p * b + r])
+        if b:  # the tail: strided over the cells after the last whole global batch
+            base = self.per_epoch // b * b * self.count
+            return int(self._perm(epoch)[base + self.p + (j - self.per_epoch // b * b) * self.count])
         return int(self._perm(epoch)[self.p + j * self.count])
 
 
@@ -98,7 +113,7 @@ def make_loader(store: ShardStore, batch_size: int, *, shuffle: bool = True, see
     n = len(store)
     if n < count:
         raise ValueError(f"{n} cells cannot be split over {count} hosts")
-    order = _EpochOrder(n, shuffle, seed, p, count, drop_remainder, num_epochs)
+    order = _EpochOrder(n, shuffle, seed, p, count, drop_remainder, num_epochs, local_batch=batch_size)
     if drop_remainder and order.per_epoch < batch_size:
         raise ValueError(f"host {p} gets {order.per_epoch} cells per epoch, fewer than batch_size={batch_size}; "
                          "use a smaller batch or drop_remainder=False")

@@ -159,6 +159,7 @@ def finetune(checkpoint: Union[str, Path, Pretrained], data, cfg: FinetuneConfig
              step: Optional[int] = None, log: Callable[[str], None] = print) -> FinetuneResult:
     """Fine-tune a classification head (see the module docstring); resumable from `cfg.out_dir`."""
     from grn_jax.models import ClassificationHead, build_model
+    from grn_jax.train import distributed
     from grn_jax.train import sharding as sh
     from grn_jax.train.checkpoint import Checkpointer
     from grn_jax.train.config import MeshConfig, OptimConfig, TrainConfig
@@ -269,7 +270,7 @@ def finetune(checkpoint: Union[str, Path, Pretrained], data, cfg: FinetuneConfig
                                  f"{old_ft.get(key)!r}, now {getattr(cfg, key)!r}; resuming needs the same value "
                                  "(or use a new --out)")
         state = restored.state
-        train_iter.set_state(restored.data_state)
+        train_iter.set_state(distributed.own_process_state(restored.data_state))
         truncate_after(out, start)
         log(f"finetune: resumed from step {start}")
 
@@ -298,7 +299,9 @@ def finetune(checkpoint: Union[str, Path, Pretrained], data, cfg: FinetuneConfig
                 val = {"val_loss": val["val_loss"], "val_accuracy": val["val_accuracy"], "val_cells": val["val_masked"]}
                 writer.write({"kind": "val", "step": step_, **val})
                 metrics = {"val_loss": val["val_loss"]}
-            ckpt.save(step_, state, data_state=train_iter.get_state(), config=saved_config,
+            due = step_ % ckpt.every == 0 or step_ == cfg.steps  # gather every host's state only for a save
+            ckpt.save(step_, state, data_state=distributed.gather_process_states(train_iter.get_state()) if due
+                      else {"per_process": [train_iter.get_state()]}, config=saved_config,
                       vocab=pre.vocab.to_dict(), metrics=metrics, force=step_ == cfg.steps)
         ckpt.wait()
     finally:

@@ -192,7 +192,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, log: Callable[[str], None]) -> Pret
             raise ValueError(f"data.shards: the vocabulary of {cfg.data.shards} differs from the one saved in "
                              f"checkpoint step {start}; resume with the data the run was started on")
         state = restored.state
-        train_iter.set_state(restored.data_state)
+        train_iter.set_state(distributed.own_process_state(restored.data_state))  # this host's position
         dropped = truncate_after(run_dir, start)
         log(f"resumed from checkpoint step {start} in {ckpt.directory} "
             f"({dropped} metric records after it dropped)")
@@ -227,7 +227,10 @@ def _pretrain(cfg: RunConfig, run_dir: Path, log: Callable[[str], None]) -> Pret
     saved = {"last": start if start else None}
 
     def save(step, metrics=None, force=False):
-        started = ckpt.save(step, state, data_state=train_iter.get_state(), config=resolved,
+        local = train_iter.get_state()  # every host's iterator state, gathered only when a save is due
+        due = force or step % t.checkpoint_every == 0
+        started = ckpt.save(step, state, data_state=distributed.gather_process_states(local) if due else
+                            {"per_process": [local]}, config=resolved,
                             vocab=data.vocab, metrics=metrics, force=force)
         if started:
             saved["last"] = step

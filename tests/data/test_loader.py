@@ -128,3 +128,16 @@ def test_threaded_reading_gives_the_same_batches_and_resumes(store):
     resumed = make_loader(store, 4, num_threads=2, **kw)
     resumed.set_state(threaded.get_state())
     _eq(next(resumed), next(threaded))
+
+
+def test_hosts_together_read_the_single_host_batches(store):
+    """Host p's batch g is the p-th slice of the single-host batch g: multi-host runs see the same global batches."""
+    b, hosts = 2, 3
+    single = make_loader(store, b * hosts, shuffle=True, seed=5, num_epochs=1, process_index=0, process_count=1)
+    per_host = [make_loader(store, b, shuffle=True, seed=5, num_epochs=1, process_index=h, process_count=hosts)
+                for h in range(hosts)]
+    n_whole = len(store) // (b * hosts)
+    for _ in range(n_whole):
+        want = [int(c) for c in next(single).cell_index]
+        got = [int(c) for it in per_host for c in next(it).cell_index]
+        assert got == want
