@@ -72,7 +72,12 @@ def split_held_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray
 
 
 def data_qc(adata, echo) -> "object":
-    """QC bounds that follow the data: GREmLN's (>= 1,000 UMIs, >= 500 genes) capped at the 2nd percentile."""
+    """QC bounds that follow the data: GREmLN's (>= 1,000 UMIs, >= 500 genes) capped at the 2nd percentile.
+
+    `adata` holds the vocabulary genes only (min_genes counts those); totals are
+    then over those genes too, a lower bound on the cell's total, so no cell is
+    dropped for a total it actually has.
+    """
     import scipy.sparse as sp
 
     from grn_jax.data.config import QCConfig
@@ -104,12 +109,41 @@ def choose_regulators(gene_names, echo):
     return f"hvg:{n}"
 
 
+def select_genes(adata, n_top: int, echo) -> list:
+    """The `n_top` most variable genes (scanpy's 'seurat' dispersion on log1p CP10k), in the data's order.
+
+    Tokens are then the cell's most expressed of these genes: without the
+    selection the top-`max_genes` expressed genes of every cell are mostly the
+    same abundant, uninformative genes.
+    """
+    import anndata
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    if adata.n_vars <= n_top:
+        echo(f"genes: all {adata.n_vars} genes are in the vocabulary (<= {n_top})")
+        return list(adata.var_names)
+    tmp = anndata.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32))
+    tmp.var_names = adata.var_names
+    sc.pp.normalize_total(tmp, target_sum=1e4)
+    sc.pp.log1p(tmp)
+    sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat")
+    keep = tmp.var["highly_variable"].to_numpy()
+    echo(f"genes: the {int(keep.sum())} most variable of {adata.n_vars} genes form the vocabulary (scanpy 'seurat' "
+         "dispersion); the other genes still count in each cell's total")
+    return list(adata.var_names[keep])
+
+
 def quickstart_on_data(data, label_key: str, out_dir, *, layer: Optional[str] = None, minutes: float = 10.0,
-                       seed: int = 0, max_genes: int = 255, n_bins: int = 51, model_overrides=(),
-                       echo: Callable[[str], None] = print) -> dict:
-    """Run the module docstring's path on `data`; return a summary dict (also written to out/summary.json)."""
+                       seed: int = 0, max_genes: int = 255, n_bins: int = 51, n_top_genes: int = 1024, overrides=(),
+                       steps: Optional[int] = None, echo: Callable[[str], None] = print) -> dict:
+    """Run the module docstring's path on `data`; return a summary dict (also written to out/summary.json).
+
+    `steps` fixes the number of pretraining steps instead of fitting them to
+    `minutes`; `overrides` are run-config `section.field=value` settings.
+    """
     from grn_jax.data.config import DataConfig, IngestConfig, TokenizeConfig
-    from grn_jax.data.pipeline import prepare
+    from grn_jax.data.pipeline import format_summary, prepare
     from grn_jax.graphs import infer_cell_type_networks, write_cell_type_networks
     from grn_jax.inference.graph_sources import GraphSpec
     from grn_jax.tasks import evaluate_annotation
@@ -117,6 +151,8 @@ def quickstart_on_data(data, label_key: str, out_dir, *, layer: Optional[str] = 
     t_start = time.perf_counter()
     if not minutes > 0:
         raise ValueError(f"--minutes must be > 0, got {minutes}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; choose a folder")
@@ -153,29 +189,36 @@ def quickstart_on_data(data, label_key: str, out_dir, *, layer: Optional[str] = 
          f"[{time.perf_counter() - t0:.0f} s]")
 
     # 3. shards of the pretraining cells
-    qc = data_qc(train_ad, echo)
+    from grn_jax.data.vocab import GeneVocab
+
+    vocab_genes = select_genes(train_ad, n_top_genes, echo)
+    vocab = GeneVocab(vocab_genes)
+    qc = data_qc(train_ad[:, vocab_genes], echo)  # prepare counts expressed VOCABULARY genes
     tok = TokenizeConfig(n_bins=n_bins, max_genes=max_genes)
     echo(f"tokens: the {max_genes} most expressed genes of each cell (median expressed: "
          f"{int(np.median(np.diff(train_ad.X.tocsr().indptr)))}), {n_bins} rank bins over the kept tokens")
     shards = out / "shards"
-    summary = prepare(train_ad, shards, DataConfig(ingest=IngestConfig(cell_type_column=label_key), qc=qc,
+    summary = prepare(train_ad, shards, vocab=vocab, config=DataConfig(ingest=IngestConfig(cell_type_column=label_key), qc=qc,
                                                    tokenize=tok).validate(),
                       graph=inferred.networks, overwrite=True, dataset_name=str(data))
+    echo(format_summary(summary))
 
     # 4. pretraining that fits the budget
     run_dir = out / "runs" / "model"
-    cfg_over = [f"data.shards={shards}", f"model.n_bins={n_bins}", f"train.seed={seed}", *model_overrides]
+    cfg_over = [f"data.shards={shards}", f"model.n_bins={n_bins}", f"train.seed={seed}", *overrides]
     spent = time.perf_counter() - t_start
-    step_s = _measure_step_seconds(out, cfg_over, echo)
-    budget = minutes * 60.0 - (time.perf_counter() - t_start) - _reserve_seconds(eval_ad.n_obs, train_ad.n_obs)
-    steps = int(budget / step_s)
-    if steps < 20:
+    step_s = float("nan")
+    if steps is None:
+        step_s = _measure_step_seconds(out, cfg_over, echo)
+        budget = minutes * 60.0 - (time.perf_counter() - t_start) - _reserve_seconds(eval_ad.n_obs, train_ad.n_obs)
+        steps = int(budget / step_s)
+    if steps < 20 and step_s == step_s:
         raise ValueError(f"--minutes {minutes:g} leaves time for {max(steps, 0)} training steps at {step_s:.2f} s "
                          f"per step after {spent:.0f} s of data preparation; pass --minutes "
                          f"{math.ceil((spent + 20 * step_s + _reserve_seconds(eval_ad.n_obs, train_ad.n_obs)) / 60) + 1} "
                          "or more")
     result = _pretrain(run_dir, cfg_over + [f"train.steps={steps}"], echo)
-    echo(f"pretrained {result.final_step} steps ({step_s * 1000:.0f} ms each) into {run_dir}")
+    echo(f"pretrained {result.final_step} steps into {run_dir}")
 
     # 5. evaluation on held-out cells, graphs by kNN integration (label-free for the evaluated cells)
     graph = GraphSpec(networks_dir=str(net_dir), reference=str(train_h5ad))

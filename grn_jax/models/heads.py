@@ -59,25 +59,28 @@ class ClassificationHead(nn.Module):
 
 
 class CellExpressionHead(nn.Module):
-    """Each gene's bin predicted from the CELL embedding and the gene's identity only (scGPT's GEPC/MVC idea).
+    """Every vocabulary gene's bin predicted from the CELL embedding alone (scGPT's GEPC/MVC idea, all genes).
 
-    logits_g = W2 gelu(W_c cell + W_g gene_g + b) + b2, for every token position g.
-    The token's own hidden state is not an input: the only way the cell's
-    expression reaches the prediction is through the [B, D] cell embedding, so
-    training this head makes the pooled embedding carry the cell's expression
-    profile (the masked-bin head alone lets each token encode its own bin and
-    leaves the pooled embedding nearly the same for every cell). Logits float32.
+    logits[b, v] = W2 gelu(W_c cell_b + q_v) + b2 for every vocabulary gene v,
+    q_v a learned query per gene. Bin 0 means "not among the cell's tokens", so
+    the pooled embedding must carry WHICH genes the cell expresses and at what
+    rank; the masked-bin head alone lets each token encode its own bin and
+    leaves the pooled embedding nearly the same for every cell. Cost
+    B x V x hidden_dim per step: fine for vocabularies of a few thousand genes.
+    Logits float32 [B, V, n_bins].
     """
 
     n_bins: int
+    vocab_size: int
     hidden_dim: int
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, cell_BxD, gene_emb_BxSxH):
+    def __call__(self, cell_BxD):
         c_BxF = dense(self.hidden_dim, (axes.EMBED, axes.MLP), "cell_proj", self.dtype)(cell_BxD.astype(self.dtype))
-        g_BxSxF = dense(self.hidden_dim, (axes.EMBED, axes.MLP), "gene_proj", self.dtype)(
-            gene_emb_BxSxH.astype(self.dtype))
-        h_BxSxF = nn.gelu(g_BxSxF + c_BxF[:, None, :], approximate=False)
-        logits = dense(self.n_bins, (axes.MLP, axes.CLASSES), "decoder", self.dtype)(h_BxSxF)
-        return nn.with_logical_constraint(logits.astype(jnp.float32), (axes.BATCH, axes.GENES, axes.CLASSES))
+        q_VxF = self.param("gene_query", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                      (axes.VOCAB, axes.MLP)),
+                           (self.vocab_size, self.hidden_dim), jnp.float32).astype(self.dtype)
+        h_BxVxF = nn.gelu(c_BxF[:, None, :] + q_VxF[None], approximate=False)
+        logits = dense(self.n_bins, (axes.MLP, axes.CLASSES), "decoder", self.dtype)(h_BxVxF)
+        return nn.with_logical_constraint(logits.astype(jnp.float32), (axes.BATCH, axes.VOCAB, axes.CLASSES))

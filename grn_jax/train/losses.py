@@ -37,14 +37,20 @@ def safe_mean(total, count):
     return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
 
 
-def cell_expression_targets(bins_BxS, targets_BxS, loss_mask_BxS, token_mask_BxS, n_bins: int):
-    """(true bin of every gene token, which positions count) for the cell-embedding objective.
+def cell_expression_targets(gene_ids_BxS, bins_BxS, targets_BxS, loss_mask_BxS, token_mask_BxS, vocab_size: int,
+                            n_bins: int, n_special: int):
+    """(bin of every vocabulary gene in the cell [B, V], which vocabulary entries count [B, V]).
 
-    Masked positions take their hidden true bin from `targets`, visible ones
-    their input bin; CLS (position 0), padding and non-bin ids never count.
+    A gene among the cell's tokens has its true bin (masked positions take it
+    from `targets`, visible ones from their input bin); every other gene has
+    bin 0. Special ids (PAD, MASK, CLS: the first `n_special`) never count.
     """
-    s = bins_BxS.shape[1]
+    b, s = bins_BxS.shape
     true_BxS = jnp.where(loss_mask_BxS, targets_BxS, bins_BxS)
     genes_BxS = token_mask_BxS.astype(bool) & (jnp.arange(s) > 0)[None, :]
-    valid_BxS = genes_BxS & (true_BxS >= 0) & (true_BxS < n_bins)
-    return jnp.where(valid_BxS, true_BxS, 0), valid_BxS
+    ok_BxS = genes_BxS & (true_BxS >= 0) & (true_BxS < n_bins) & (gene_ids_BxS >= n_special)
+    rows_BxS = jnp.broadcast_to(jnp.arange(b)[:, None], (b, s))
+    tgt_BxV = jnp.zeros((b, vocab_size), jnp.int32).at[rows_BxS, jnp.where(ok_BxS, gene_ids_BxS, 0)].max(
+        jnp.where(ok_BxS, true_BxS, 0).astype(jnp.int32))
+    valid_BxV = jnp.broadcast_to(jnp.arange(vocab_size) >= n_special, (b, vocab_size))
+    return tgt_BxV, valid_BxV

@@ -11,7 +11,7 @@ from typing import Callable, NamedTuple
 class ModelFns(NamedTuple):
     model: object  # the flax module (grn_jax.models.build_model)
     init_params: Callable  # rng -> params
-    apply_fn: Callable  # (params, batch, *, deterministic, rngs) -> (bin logits, cell-head logits), [B, S, n_bins]
+    apply_fn: Callable  # (params, batch, *, deterministic, rngs) -> (bin logits [B, S, n_bins], cell-head logits [B, V, n_bins])
 
 
 def model_fns(model_cfg) -> ModelFns:
@@ -26,6 +26,6 @@ def model_fns(model_cfg) -> ModelFns:
 
     def apply_fn(params, batch, *, deterministic, rngs):
         out = model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs)
-        return out.bin_logits, out.cell_bin_logits
+        return out.bin_logits, out.cell_gene_logits
 
     return ModelFns(model, init_params, apply_fn)

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh
 
 from grn_jax.train import losses
+from grn_jax.types import GENE_SPECIAL_TOKENS
 from grn_jax.train import sharding as sh
 from grn_jax.train.config import TrainConfig
 from grn_jax.train.optim import make_schedule
@@ -27,6 +28,7 @@ ApplyFn = Callable[..., jax.Array]
 # mask_fn(key, batch) -> batch with bins masked and targets/loss_mask filled
 MaskFn = Callable[[jax.Array, Any], Any]
 
+NUM_SPECIAL = len(GENE_SPECIAL_TOKENS)  # PAD, MASK, CLS: the first gene ids
 EVAL_SEED_OFFSET = 1_000_003  # validation masks come from a key stream disjoint from training
 
 
@@ -36,8 +38,9 @@ def _sums(apply_fn: ApplyFn, params, batch, rng, deterministic: bool, cfg: Train
     `apply_fn` returns the masked-bin logits, or (masked-bin logits, cell-head
     logits). Everything is a sum, so micro-batches and shards add up exactly;
     the caller divides by the masked-token count. The cell term is scaled by
-    `mask_rate` so that weight 1 gives it about the weight of the masked-bin
-    term (it counts every gene token, the other only the masked ones).
+    mask_rate x S / V so that weight 1 gives it about the weight of the
+    masked-bin term per cell (it counts every vocabulary gene, V of them; the
+    other only the masked tokens, about mask_rate x S).
     """
     k_drop, k_sample, k_perturb = jax.random.split(rng, 3)
     rngs = {"dropout": k_drop, "sample": k_sample, "perturb": k_perturb}
@@ -48,13 +51,16 @@ def _sums(apply_fn: ApplyFn, params, batch, rng, deterministic: bool, cfg: Train
             "correct": losses.masked_bin_correct(logits, batch.targets, batch.loss_mask)}
     objective = ce_sum
     if cell_logits is not None:
-        tgt, valid = losses.cell_expression_targets(batch.bins, batch.targets, batch.loss_mask, batch.token_mask,
-                                                    cell_logits.shape[-1])
+        tgt, valid = losses.cell_expression_targets(batch.gene_ids, batch.bins, batch.targets, batch.loss_mask,
+                                                    batch.token_mask, cell_logits.shape[1], cell_logits.shape[2],
+                                                    NUM_SPECIAL)
         cell_sum, cell_count = losses.masked_bin_cross_entropy(cell_logits, tgt, valid)
         sums.update(cell_sum=cell_sum, cell_count=cell_count,
                     cell_correct=losses.masked_bin_correct(cell_logits, tgt, valid))
         if cfg.cell_loss_weight > 0:
-            objective = objective + (cfg.cell_loss_weight * cfg.mask_rate) * cell_sum
+            # per cell the masked term sums ~mask_rate x S token losses and this one V gene losses: rescale
+            scale = cfg.cell_loss_weight * cfg.mask_rate * batch.gene_ids.shape[1] / cell_logits.shape[1]
+            objective = objective + scale * cell_sum
     return objective, sums
 
 

@@ -27,12 +27,16 @@ def _batch():
                       graph=GraphBatch(z, z, z.astype(np.float32), z.astype(bool)))
 
 
-def test_targets_are_true_bins_of_every_gene_token():
+VOCAB = 9  # ids 0..2 special, genes 3..8
+
+
+def test_targets_are_true_bins_of_every_vocabulary_gene():
     b = _batch()
-    tgt, valid = losses.cell_expression_targets(jnp.asarray(b.bins), jnp.asarray(b.targets),
-                                                jnp.asarray(b.loss_mask), jnp.asarray(b.token_mask), N_BINS)
-    assert np.asarray(valid).tolist() == [[False, True, True, True], [False, True, False, False]]
-    assert np.asarray(tgt)[0, 1:].tolist() == [1, 3, 2] and int(tgt[1, 1]) == 3
+    tgt, valid = losses.cell_expression_targets(jnp.asarray(b.gene_ids), jnp.asarray(b.bins), jnp.asarray(b.targets),
+                                                jnp.asarray(b.loss_mask), jnp.asarray(b.token_mask), VOCAB, N_BINS, 3)
+    # cell 0 has genes 5 (bin 1), 6 (masked, true 3), 7 (bin 2); cell 1 gene 5 (bin 3); the rest bin 0
+    assert np.asarray(tgt).tolist() == [[0, 0, 0, 0, 0, 1, 3, 2, 0], [0, 0, 0, 0, 0, 3, 0, 0, 0]]
+    assert np.asarray(valid).tolist() == [[False] * 3 + [True] * 6] * 2
 
 
 def _log_softmax_ce(logits, t):
@@ -45,19 +49,23 @@ def test_objective_is_masked_ce_plus_weighted_cell_ce(weight):
     b = _batch()
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 4, N_BINS)).astype(np.float32)
-    cell_logits = rng.normal(size=(2, 4, N_BINS)).astype(np.float32)
+    cell_logits = rng.normal(size=(2, VOCAB, N_BINS)).astype(np.float32)
     cfg = TrainConfig(mask_rate=0.25, cell_loss_weight=weight)
     objective, sums = _sums(lambda p, batch, **kw: (jnp.asarray(logits), jnp.asarray(cell_logits)), None,
                             jax.tree_util.tree_map(jnp.asarray, b), jax.random.key(0), True, cfg)
     masked = _log_softmax_ce(logits[0, 2], 3)
-    cell = sum(_log_softmax_ce(cell_logits[r, p], t) for r, p, t in ((0, 1, 1), (0, 2, 3), (0, 3, 2), (1, 1, 3)))
-    assert float(sums["count"]) == 1 and float(sums["cell_count"]) == 4
+    want = [[0, 0, 1, 3, 2, 0], [0, 0, 3, 0, 0, 0]]  # genes 3..8
+    cell = sum(_log_softmax_ce(cell_logits[r, 3 + j], t) for r in range(2) for j, t in enumerate(want[r]))
+    assert float(sums["count"]) == 1 and float(sums["cell_count"]) == 12
     assert_allclose(sums["ce_sum"], masked, np.float32)
     assert_allclose(sums["cell_sum"], cell, np.float32)
-    assert_allclose(objective, masked + weight * 0.25 * cell, np.float32)
+    # scale mask_rate x S / V: the cell term weighs about as much per cell as the masked-bin term
+    assert_allclose(objective, masked + weight * 0.25 * 4 / VOCAB * cell, np.float32)
 
 
-def test_cell_head_reads_only_the_mean_embedding_and_gene_identity():
+def test_cell_head_reads_only_the_mean_embedding():
+    import flax.linen as nn
+
     from grn_jax.models import build_model, example_batch, tiny
     from grn_jax.models.heads import CellExpressionHead
 
@@ -65,15 +73,12 @@ def test_cell_head_reads_only_the_mean_embedding_and_gene_identity():
                attention="vanilla")
     model = build_model(cfg)
     batch = example_batch(cfg, batch_size=2, seq_len=8, num_edges=8)
-    import flax.linen as nn
-
     params = nn.unbox(model.init({"params": jax.random.key(0)}, batch, deterministic=True)["params"])
     out = model.apply({"params": params}, batch, deterministic=True)
-    gene_table = params["embed"]["gene"]["table"]["embedding"]
-    head = CellExpressionHead(N_BINS, cfg.d_model)
-    want = head.apply({"params": params["cell_head"]}, out.mean_embedding, gene_table[batch.gene_ids])
-    assert_allclose(out.cell_bin_logits, want, np.float32)
-    assert out.cell_bin_logits.shape == (2, 8, N_BINS)
+    head = CellExpressionHead(N_BINS, 16, cfg.d_model)
+    want = head.apply({"params": params["cell_head"]}, out.mean_embedding)
+    assert_allclose(out.cell_gene_logits, want, np.float32)
+    assert out.cell_gene_logits.shape == (2, 16, N_BINS)
 
 
 def test_cell_loss_weight_is_validated():
