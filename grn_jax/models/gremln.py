@@ -24,7 +24,7 @@ from grn_jax.models.attention import DiffusionContext
 from grn_jax.models.blocks import Encoder, layer_norm
 from grn_jax.models.config import ModelConfig
 from grn_jax.models.embeddings import TokenEmbed
-from grn_jax.models.heads import MaskedBinHead
+from grn_jax.models.heads import CellExpressionHead, MaskedBinHead
 from grn_jax.types import TokenBatch
 
 
@@ -36,12 +36,15 @@ class ModelOutput:
     hidden      [B, S, D]               final hidden states (zero at padding)
     cls_embedding   [B, D]              hidden state of the CLS token
     mean_embedding  [B, D]              mean of hidden over the cell's real gene tokens
+    cell_gene_logits float32 [B, V, n_bins]  every vocabulary gene's bin (0 = not among the cell's
+                                        tokens) predicted from mean_embedding alone (CellExpressionHead)
     """
 
     bin_logits: jax.Array
     hidden: jax.Array
     cls_embedding: jax.Array
     mean_embedding: jax.Array
+    cell_gene_logits: jax.Array
 
 
 def compute_dtype(cfg: ModelConfig):
@@ -117,5 +120,7 @@ class GREmLN(nn.Module):
         count_Bx1 = jnp.maximum(gene_mask_BxS.sum(axis=1, keepdims=True), 1).astype(jnp.float32)
         mean_BxD = (jnp.where(gene_mask_BxS[..., None], hidden_BxSxD.astype(jnp.float32), 0).sum(axis=1)
                     / count_Bx1)
+        cell_logits_BxVxC = CellExpressionHead(cfg.n_bins, cfg.gene_vocab_size, cfg.d_model, dtype,
+                                               name="cell_head")(mean_BxD)
         return ModelOutput(bin_logits=logits_BxSxC, hidden=hidden_BxSxD, cls_embedding=hidden_BxSxD[:, 0],
-                           mean_embedding=mean_BxD.astype(dtype))
+                           mean_embedding=mean_BxD.astype(dtype), cell_gene_logits=cell_logits_BxVxC)
