@@ -248,8 +248,11 @@ def finetune(checkpoint: Union[str, Path, Pretrained], data, cfg: FinetuneConfig
     ckpt = Checkpointer(out / "checkpoints", every=cfg.checkpoint_every, keep_last=2,
                         keep_best=1 if eval_every else 0, async_save=True)
     train_iter = data_.train_iterator(batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed)
-    start = ckpt.latest_valid_step(report=log)
-    if start is None:
+    restored = None
+    if ckpt.all_steps():  # an unsealed newest step is restored and sealed, or deleted (Checkpointer.restore_latest)
+        abstract, shardings, _ = state_shardings(init_params, tx, mesh, rng)
+        restored = ckpt.restore_latest(abstract_with_shardings(abstract, shardings), report=log)
+    if restored is None:
         init = init_sharded_state(init_params, tx, mesh, rng)
         shardings = init.shardings
         # from a host copy: the step donates the state, which must never own the caller's arrays
@@ -257,8 +260,7 @@ def finetune(checkpoint: Union[str, Path, Pretrained], data, cfg: FinetuneConfig
         state = init.state.replace(params={"encoder": encoder, "head": init.state.params["head"]})
         start = 0
     else:
-        abstract, shardings, _ = state_shardings(init_params, tx, mesh, rng)
-        restored = ckpt.restore(start, abstract_with_shardings(abstract, shardings))
+        start = restored.step
         for key in ("classes", "model"):
             if _canon(restored.config.get(key)) != _canon(saved_config[key]):
                 raise ValueError(f"{out} holds a fine-tuning checkpoint (step {start}) with different {key}; "

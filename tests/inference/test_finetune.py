@@ -81,3 +81,19 @@ def test_full_finetune_moves_the_encoder_and_resumes(toy_run, pretrained, tmp_pa
     moved = [np.abs(a - b).max() for a, b in zip(_leaves(params["encoder"]), _leaves(pretrained.params))]
     assert max(moved) > 0
     assert [r["step"] for r in read_metrics(tmp_path / "ft")] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow  # two fine-tuning runs (~35 s); the checkpoint logic itself is tested fast in tests/train
+def test_rerun_after_a_kill_between_the_final_save_and_its_seal(toy_run, pretrained, tmp_path):
+    from grn_jax.train.checkpoint import INTEGRITY_FILE
+
+    g = GraphSpec(network=str(toy_run["network"]))
+    cfg = FinetuneConfig(label_key="cell_type", out_dir=str(tmp_path / "ft"), batch_size=8, eval_every=0,
+                         checkpoint_every=1, steps=2, progress=False, freeze_encoder=True)
+    finetune(pretrained, toy_run["h5ad"], cfg, graph=g, log=lambda m: None)
+    (tmp_path / "ft" / "checkpoints" / "2" / INTEGRITY_FILE).unlink()  # committed, never sealed
+    logs = []
+    res = finetune(pretrained, toy_run["h5ad"], cfg, graph=g, log=logs.append)  # was: "step 2 already exists"
+    assert (res.start_step, res.final_step) == (2, 2)
+    assert any("step 2 was committed but never sealed" in m for m in logs)
+    assert (tmp_path / "ft" / "checkpoints" / "2" / INTEGRITY_FILE).is_file()
