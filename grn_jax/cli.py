@@ -359,6 +359,8 @@ def _add_graph_args(p, label_flag: str = "--label-key") -> None:
     g.add_argument("--reference-layer", default=None, help="layer of --reference holding counts (default: X)")
     g.add_argument("--knn-k", type=int, default=15, help="neighbours of the kNN type posterior (default: 15)")
     g.add_argument("--alpha", type=float, default=0.05, help="edge exclusion threshold, GREmLN eq. 3 (default: 0.05)")
+    g.add_argument("--allow-empty-graph", action="store_true",
+                   help="accept networks with no edge between the model's genes (warns); by default an error")
 
 
 def _graph_spec(args):
@@ -366,7 +368,7 @@ def _graph_spec(args):
 
     return GraphSpec(network=args.network, networks_dir=args.networks_dir, cell_type_column=args.cell_type_column,
                      reference=args.reference, reference_layer=args.reference_layer, knn_k=args.knn_k,
-                     alpha=args.alpha).validate()
+                     alpha=args.alpha, allow_empty_graph=args.allow_empty_graph).validate()
 
 
 def _add_embed(sub) -> None:
@@ -510,7 +512,7 @@ def _add_eval(sub) -> None:
     q.add_argument("--n-perm", type=int, default=1000)
 
     skip = {"func", "command", "eval_task", "data", "checkpoint", "out", "network", "networks_dir",
-            "cell_type_column", "reference", "reference_layer", "knn_k", "alpha"}
+            "cell_type_column", "reference", "reference_layer", "knn_k", "alpha", "allow_empty_graph"}
 
     def run(args) -> int:
         from grn_jax.tasks.run import run_eval

@@ -140,7 +140,7 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
 
         gsrc = _build_source(graph, vocab, src, cell_types, "graph")
         csrc = _build_source(cell_graph, vocab, src, cell_types, "cell_graph")
-        notes = [] if gsrc is None else _check_graph_edges(_network_edges_kept(gsrc), gsrc, "network",
+        notes = [] if gsrc is None else check_graph_edges(network_edges_kept(gsrc), gsrc, "network",
                                                             allow_empty_graph)
         writer = ShardWriter(out_dir, config.shards.cells_per_shard, with_cell_graph=csrc is not None,
                              overwrite=overwrite)
@@ -168,7 +168,7 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
                 writer.add(t)
             t_tok = time.perf_counter() - t_tok
             if gsrc is not None and not notes:
-                notes += _check_graph_edges(counts["edges_kept"], gsrc, "cells", allow_empty_graph)
+                notes += check_graph_edges(counts["edges_kept"], gsrc, "cells", allow_empty_graph)
 
             lengths = np.concatenate(lengths)
             edge_counts = np.concatenate(edge_counts)
@@ -225,7 +225,7 @@ def _fell_back(spec: GraphSpec) -> list:
     return shared_network_types(spec) if isinstance(spec, Mapping) else []
 
 
-def _network_edges_kept(gsrc) -> Optional[int]:
+def network_edges_kept(gsrc) -> Optional[int]:
     """Edges between vocabulary genes over the source's networks (None: a source that does not report it)."""
     report = getattr(gsrc, "report", None) or {}
     nets = [report["network"]] if "network" in report else list((report.get("networks") or {}).values())
@@ -234,8 +234,10 @@ def _network_edges_kept(gsrc) -> Optional[int]:
     return sum(int(n["edges_kept"]) for n in nets)
 
 
-def _check_graph_edges(kept: Optional[int], gsrc, stage: str, allow: bool) -> list:
-    """Raise when a requested graph gives no edge (unless `allow`: then print a warning and return it)."""
+def check_graph_edges(kept: Optional[int], gsrc, stage: str, allow: bool, result: str = "the shards") -> list:
+    """Raise when a requested graph gives no edge (unless `allow`: then print a warning and return it).
+
+    stage: "network" (no edge between vocabulary genes) or "cells" (no cell has an edge)."""
     if kept is None or kept > 0:
         return []
     report = getattr(gsrc, "report", None) or {}
@@ -246,10 +248,10 @@ def _check_graph_edges(kept: Optional[int], gsrc, stage: str, allow: bool) -> li
             f"e.g. {unknown})" if stage == "network" else
             "no cell has an edge: no two genes a cell expresses are linked in its network")
     if not allow:
-        raise ValueError(f"{what}; the shards would have no graph. Check that the network's gene names match the "
+        raise ValueError(f"{what}; {result} would have no graph. Check that the network's gene names match the "
                          "data's (ingest.gene_column, --vocab), or pass --allow-empty-graph (allow_empty_graph=True)"
-                         " to prepare without edges")
-    msg = f"{what}; preparing graph-less shards because --allow-empty-graph was given"
+                         " to go on without edges")
+    msg = f"{what}; {result} are graph-less because --allow-empty-graph was given"
     print(f"WARNING: {msg}", file=sys.stderr)
     return [msg]
 

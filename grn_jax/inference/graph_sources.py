@@ -37,6 +37,7 @@ class GraphSpec:
     reference_layer: Optional[str] = None
     knn_k: int = 15
     alpha: float = 0.05
+    allow_empty_graph: bool = False  # accept networks with no edge between vocabulary genes (warns)
 
     @property
     def given(self) -> bool:
@@ -80,6 +81,7 @@ def build_graph_source(spec: GraphSpec, vocab: GeneVocab, src: CountsSource, chu
         from grn_jax.graphs.network_io import read_network
 
         source = SingleNetworkSource(read_network(spec.network), vocab.tokens)
+        _check_edges(source, spec)
         return source, {"kind": "single network", "path": str(spec.network), **source.report}
     from grn_jax.graphs.network_dir import read_cell_type_networks
 
@@ -90,9 +92,16 @@ def build_graph_source(spec: GraphSpec, vocab: GeneVocab, src: CountsSource, chu
                              f"(columns: {list(src.obs.columns)[:20]})")
         types = np.asarray(src.obs[spec.cell_type_column]).astype(str)
         source = CellTypeNetworkSource(nets, types, vocab.tokens)
+        _check_edges(source, spec)
         return source, {"kind": "cell-type networks", "networks_dir": str(spec.networks_dir),
                         "cell_type_column": spec.cell_type_column}
     return _integrated_source(spec, nets, labels, vocab, src, chunk_cells, log)
+
+
+def _check_edges(source, spec: GraphSpec) -> None:
+    from grn_jax.data.pipeline import check_graph_edges, network_edges_kept
+
+    check_graph_edges(network_edges_kept(source), source, "network", spec.allow_empty_graph, "the cells")
 
 
 def _integrated_source(spec: GraphSpec, nets: dict, labels, vocab: GeneVocab, src: CountsSource,

@@ -112,3 +112,16 @@ def _networks_dir(tmp_path, toy_run):
     (d / "labels.tsv").write_text("cell\tcell_type\n" + "".join(
         f"{c}\t{t}\n" for c, t in zip(a.obs_names, a.obs["cell_type"])))
     return d
+
+
+def test_a_network_with_no_usable_edge_fails_unless_allowed(toy_run, tmp_path, capsys):
+    net = tmp_path / "net.tsv"
+    net.write_text("regulator\ttarget\tmi\tpvalue\nENSG1\tENSG2\t0.5\t0.01\n")  # genes the model does not know
+    argv = ["embed", str(toy_run["h5ad"]), "--checkpoint", str(toy_run["run"]), "--out", str(tmp_path / "o.h5ad"),
+            "--no-progress", "--network", str(net)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no edge" in err and "--allow-empty-graph" in err, err
+    assert not (tmp_path / "o.h5ad").exists()
+    assert main(argv + ["--allow-empty-graph"]) == 0
+    assert "WARNING" in capsys.readouterr().err and (tmp_path / "o.h5ad").exists()
