@@ -466,6 +466,9 @@ def _add_eval(sub) -> None:
         q.add_argument("--out", required=True, help="output folder for <task>.json and <task>.md")
         q.add_argument("--batch-size", type=int, default=32, help="cells per forward pass (no effect on results)")
         q.add_argument("--seed", type=int, default=0)
+        if name != "edge_prediction":  # it samples its own cells (--max-cells, default 1000)
+            q.add_argument("--max-cells", type=int, default=None,
+                           help="evaluate a seeded random sample of at most N cells (default: all)")
         _add_graph_args(q, label_flag)  # = the labels to predict
         return q
 

@@ -73,11 +73,13 @@ def log_normalized(adata: anndata.AnnData, *, layer: Optional[str] = None, targe
 
 
 def cell_embeddings(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec = GraphSpec(),
-                    pooling: str = "mean", batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                    pooling: str = "mean", batch_size: int = 64,
+                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(frozen embedding [cells, D] float32, bool mask of cells that have one) of `pre` on `adata`.
 
     `pooling`: "mean" (mean of the cell's gene-token hidden states; the papers'
-    choice) or "cls". The AnnData is not modified.
+    choice) or "cls". The AnnData is not modified. `progress`: a progress bar on stderr (embedding
+    thousands of cells takes minutes on a CPU; evaluations would otherwise print nothing meanwhile).
     """
     from grn_jax.inference import embed
 
@@ -87,7 +89,7 @@ def cell_embeddings(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec
                            layers={k: v for k, v in adata.layers.items()})
     if adata.raw is not None:
         work.raw = adata.raw
-    embed(pre, work, graph=graph, batch_size=batch_size, progress=False, log=lambda m: None)
+    embed(pre, work, graph=graph, batch_size=batch_size, progress=progress, log=lambda m: None)
     emb = np.asarray(work.obsm[POOLINGS[pooling]], np.float32)
     return emb, np.isfinite(emb).all(axis=1)
 
