@@ -125,3 +125,12 @@ def test_a_network_with_no_usable_edge_fails_unless_allowed(toy_run, tmp_path, c
     assert not (tmp_path / "o.h5ad").exists()
     assert main(argv + ["--allow-empty-graph"]) == 0
     assert "WARNING" in capsys.readouterr().err and (tmp_path / "o.h5ad").exists()
+
+
+def test_evaluation_embeddings_show_progress(pretrained, toy_run, capsys):
+    from grn_jax.tasks.features import cell_embeddings
+
+    emb, ok = cell_embeddings(pretrained, toy_run["adata"], graph=GraphSpec(network=str(toy_run["network"])))
+    assert ok.all() and "embed" in capsys.readouterr().err  # a tqdm bar on stderr, not minutes of silence
+    cell_embeddings(pretrained, toy_run["adata"], graph=GraphSpec(network=str(toy_run["network"])), progress=False)
+    assert "embed" not in capsys.readouterr().err
