@@ -609,7 +609,9 @@ _REGISTRARS: list[Callable] = [
 def build_parser() -> argparse.ArgumentParser:
     from grn_jax import __version__  # grn_jax/__init__ is lazy: this imports no JAX
 
-    parser = _Parser(prog="grn-jax", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="grn-jax", description="GRN-aware single-cell foundation models (GREmLN, GRNFormer): "
+                     "prepare data, infer GRNs, pretrain, embed, evaluate, export. `grn-jax COMMAND --help` for "
+                     "a command's options; start with `grn-jax quickstart`.")
     parser.add_argument("--version", action="version", version=f"grn-jax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for register in _REGISTRARS:
