@@ -99,3 +99,11 @@ def test_help_and_argument_errors_import_no_jax():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_top_level_help_says_what_the_tool_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "GRN-aware single-cell foundation models" in out and "start with `grn-jax quickstart`" in out
+    assert "--version" in out and "command line: thin" not in out
