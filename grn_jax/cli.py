@@ -629,9 +629,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_host_allocator()  # freed XLA buffers are reused, not page-faulted in on every step
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        # Bad input: one clear line (the library's message names the problem and the fix),
-        # no traceback. GRN_JAX_DEBUG=1 re-raises for developers.
+    except (ValueError, OSError) as err:
+        # Bad input (or a path the OS refuses: missing, not a folder, no permission, unreadable file):
+        # one clear line, no traceback. GRN_JAX_DEBUG=1 re-raises for developers.
         import os
 
         if os.environ.get("GRN_JAX_DEBUG"):

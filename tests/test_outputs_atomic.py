@@ -68,3 +68,15 @@ def test_eval_and_finetune_refuse_a_file_as_out_before_any_work(tmp_path, capsys
     # the checkpoint does not exist either: the --out check comes first, before anything is loaded
     assert rc == 2 and len(err.splitlines()) == 1 and "existing file" in err, err
     assert taken.read_text() == "x"
+
+
+def test_an_os_refusal_is_one_line(tmp_path, capsys):
+    import anndata
+    import numpy as np
+
+    anndata.AnnData(np.ones((3, 4), np.float32)).write_h5ad(tmp_path / "in.h5ad")
+    (tmp_path / "plain_file").write_text("x")
+    rc = main(["prepare", str(tmp_path / "in.h5ad"), "--out", str(tmp_path / "plain_file" / "sub"),
+               "--min-counts", "0", "--min-genes", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err and "plain_file" in err, err
