@@ -199,10 +199,10 @@ def _add_grn(sub) -> None:
     q.add_argument("--regulators", default="human",
                    help="regulator list file (one gene per line), 'human' for the shipped 1,639 human TFs, or "
                         "hvg:N for the N most variable genes (any species or naming)")
-    q.add_argument("--method", choices=("spearman", "pcor", "aracne"), default="spearman",
-                   help="spearman: |Spearman| of log1p CP10k, BH FDR, DPI, one pass (default, exact); pcor: partial "
-                        "Spearman given all other regulators, same steps; aracne: MI + permutation null + DPI + "
-                        "bootstrap consensus")
+    q.add_argument("--method", choices=("pcor", "spearman", "aracne"), default="pcor",
+                   help="pcor: partial Spearman of log1p CP10k given each gene's <= 10 most correlated other "
+                        "regulators, BH FDR, DPI, one pass, bit-reproducible; spearman: the same on plain |Spearman|; "
+                        "aracne: MI + permutation null + DPI + bootstrap consensus (the former default)")
     q.add_argument("--all-cells", action="store_true", help="one network from all cells (no labels, no clustering)")
     q.add_argument("--estimator", choices=("gaussian", "adaptive"), default="gaussian",
                    help="--method aracne: MI estimator, Gaussian copula (fast) or ARACNe adaptive partitioning")

@@ -243,14 +243,14 @@ def infer_cell_type_networks(
     resolution: float = 1.0,
     subcluster_resolution: float = 0.3,
     min_gene_fraction: float = 0.01,
-    method: str = "spearman",
+    method: str = "pcor",
     all_cells: bool = False,
 ) -> CellTypeNetworks:
     """A network of every cell type of `adata` (counts in X or `layer`), by `method`.
 
-    method="spearman" (default): |Spearman| of log1p CP10k, BH at config.fdr,
-    DPI (`rank_network`); "pcor": the same on partial Spearman given all other
-    regulators (a type with too few cells for that falls back); "aracne": copula/adaptive MI, permutation null, DPI,
+    method="pcor" (default): partial Spearman of log1p CP10k given each gene's
+    <= 10 most correlated other regulators, BH at config.fdr, DPI (`rank_network`);
+    "spearman": the same on plain |Spearman|; "aracne": copula/adaptive MI, permutation null, DPI,
     bootstrap consensus (`aracne.infer_network`). `regulators`: names, a file,
     "human" (default, the shipped human TF list) or "hvg:N" (the N most variable
     genes). `all_cells`: one network of all cells (no labels, no clustering).

@@ -1,4 +1,4 @@
-"""Regulator -> gene networks from |Spearman| or partial Spearman correlation, with ARACNe's DPI on top.
+"""Regulator -> gene networks from partial Spearman (default) or |Spearman| correlation, with ARACNe's DPI on top.
 
 Why not MI + permutation null + bootstrap consensus (`aracne.infer_network`)? On
 counts simulated from known networks with realistic depth (benchmarks/bench_grn.py),
@@ -14,10 +14,12 @@ ranking itself the network, in one pass over the cells:
    exact and identical whatever the gene-chunk size or the BLAS thread count.
 2. Two-sided p-values from t = rho sqrt((n - 2) / (1 - rho^2)) ~ t(n - 2) (as
    scipy.stats.spearmanr), Benjamini-Hochberg at `fdr` over all candidate pairs.
-   method="pcor": the partial Spearman correlation of each pair given all other
-   regulators instead (`partial_spearman_matrix`; t with n - 2 - (R - 1) dof),
-   which removes correlation explained by other regulators -- e.g. shared
-   cell-type programmes when several types are pooled.
+   method="pcor" (the default): the partial Spearman correlation of each pair
+   given the gene's (at most) 10 most correlated other regulators instead
+   (`partial_spearman_matrix`; t with n - 2 - k dof for k regulators conditioned
+   on), which removes correlation explained by other regulators -- shared
+   cell-type programmes when types are pooled, regulator cascades within one.
+   On the benchmark's simulated sets its AUPR is 1.0-2.0x that of |Spearman|.
 3. Optional DPI (`aracne.dpi_prune`) on the edges that passed, weighted by the
    Gaussian-equivalent MI -0.5 log(1 - rho^2) (monotone in |rho|); max/min only,
    so it is exact too.
@@ -43,9 +45,13 @@ MAX_EXACT_CELLS = 200_000  # n^3 < 2^53: integer rank products stay exact in flo
 
 
 def centred_ranks(x_NxG: np.ndarray) -> np.ndarray:
-    """2 * mid-rank - (n - 1) per gene (float64 [N, G], integer-valued, column sums 0)."""
+    """2 * mid-rank - (n - 1) per gene (float64 [N, G], integer-valued, column sums 0).
+
+    scipy's average ranks (1-based, half-integers: exact in float64) -- about 2x faster here than
+    `mutual_info.rank_transform`, which gives the same values.
+    """
     n = x_NxG.shape[0]
-    return 2.0 * mi_lib.rank_transform(x_NxG, ties="average") - (n - 1.0)
+    return 2.0 * stats.rankdata(x_NxG, axis=0) - (n + 1.0)
 
 
 def spearman_matrix(x_NxG: np.ndarray, reg_idx: Sequence[int], *, chunk: int = 512) -> np.ndarray:
@@ -85,30 +91,44 @@ def spearman_pvalue(rho, n: int, n_conditioned: int = 0) -> np.ndarray:
 
 PCOR_RIDGE = 1e-3  # added to the regulator correlation matrix's diagonal (near-collinear regulators)
 PCOR_MIN_DOF = 10  # cells beyond the conditioning set needed for a partial correlation
+PCOR_ORDER = 10  # condition each gene on (at most) its this many most correlated regulators
 _PCOR_TILE = 256  # genes per product in the partial-correlation step (fixed: results never depend on `chunk`)
 
 
+def conditioning_size(n_regulators: int, order: int = PCOR_ORDER) -> int:
+    """How many regulators a partial correlation conditions on (at most): min(order, R - 1)."""
+    return int(max(0, min(order, n_regulators - 1)))
+
+
 def partial_spearman_matrix(x_NxG: np.ndarray, reg_idx: Sequence[int], *, chunk: int = 512,
-                            ridge: float = PCOR_RIDGE) -> np.ndarray:
-    """Partial Spearman correlation [R, G] of each regulator with each gene given all the other regulators.
+                            ridge: float = PCOR_RIDGE, order: int = PCOR_ORDER) -> np.ndarray:
+    """Partial Spearman correlation [R, G] of each regulator with each gene given other regulators.
 
     The Gaussian-graphical-model view of ARACNe's DPI: a gene correlated with a
-    regulator only through other regulators gets ~0. Rank correlations are exact
-    (`spearman_matrix`); the R x R inverse and the products after it run on one
-    BLAS thread in fixed tiles, so the result does not depend on threads or `chunk`.
-    Gene g vs regulator r: from the regression of g on all regulators; a regulator
-    pair: from the inverse of the regulators' correlation matrix. `ridge` is added to that matrix's diagonal.
+    regulator only through other regulators gets ~0. With R - 1 <= `order` the
+    conditioning set is all other regulators; otherwise (limited-order partial
+    correlation) it is gene g's `order` most |rho|-correlated regulators S_g:
+    a regulator in S_g is conditioned on S_g minus itself, any other on S_g. So
+    the estimate needs ~order cells more than a correlation, not ~R. Rank
+    correlations are exact (`spearman_matrix`); the inverses and products after
+    them run on one BLAS thread in fixed tiles, so the result does not depend on
+    threads or `chunk`. `ridge` is added to the diagonal of every regulator
+    correlation matrix (near-collinear regulators).
     """
     from threadpoolctl import threadpool_limits
 
     reg_idx = np.asarray(reg_idx, np.int64)
     r = reg_idx.size
+    k = conditioning_size(r, order)
     n = np.asarray(x_NxG).shape[0]
-    if n - 1 - r < PCOR_MIN_DOF:
+    if n - 2 - k < PCOR_MIN_DOF:
         raise aracne.EmptyNetworkError(
-            f"{n} cells are too few to condition on {r} regulators (a partial correlation needs >= "
-            f"{r + 1 + PCOR_MIN_DOF}); use fewer regulators (e.g. hvg:N with a smaller N) or method 'spearman'")
+            f"{n} cells are too few to condition on {k} regulators (a partial correlation needs >= "
+            f"{k + 2 + PCOR_MIN_DOF}); use a smaller order or method 'spearman'")
     rho_RxG = spearman_matrix(x_NxG, reg_idx, chunk=chunk)
+    if k < r - 1:
+        with threadpool_limits(limits=1):
+            return _limited_order_pcor(rho_RxG, reg_idx, k, ridge)
     c_RxR = rho_RxG[:, reg_idx] + ridge * np.eye(r)
     with threadpool_limits(limits=1):  # LAPACK/BLAS on one thread: the same bits whatever the machine's setting
         inv_RxR = np.linalg.inv(c_RxR)
@@ -126,14 +146,49 @@ def partial_spearman_matrix(x_NxG: np.ndarray, reg_idx: Sequence[int], *, chunk:
     return np.clip(out, -1.0, 1.0)
 
 
+def _limited_order_pcor(rho_RxG: np.ndarray, reg_idx: np.ndarray, k: int, ridge: float) -> np.ndarray:
+    """Order-k partial correlations (see `partial_spearman_matrix`), `_PCOR_TILE` genes at a time."""
+    r, g = rho_RxG.shape
+    rho_RxR = rho_RxG[:, reg_idx]
+    strength_RxG = np.abs(rho_RxG)
+    strength_RxG[np.arange(r), reg_idx] = -1.0  # a regulator is never in its own conditioning set
+    out = np.empty_like(rho_RxG)
+    eye_K = np.eye(k)
+    for lo in range(0, g, _PCOR_TILE):
+        hi = min(g, lo + _PCOR_TILE)
+        s_TxK = np.argsort(-strength_RxG[:, lo:hi], axis=0, kind="stable")[:k].T  # S_g, strongest first
+        sig_TxKxK = rho_RxR[s_TxK[:, :, None], s_TxK[:, None, :]] + ridge * eye_K
+        c_TxK = np.take_along_axis(rho_RxG[:, lo:hi].T, s_TxK, axis=1)  # rho(S_g, g)
+        inv_TxKxK = np.linalg.inv(sig_TxKxK)
+        w_TxK = np.einsum("tkj,tj->tk", inv_TxKxK, c_TxK)
+        resid_g_T = np.maximum(1.0 + ridge - np.einsum("tk,tk->t", c_TxK, w_TxK), 1e-12)
+        # Regulators outside S_g: partial correlation with g given S_g.
+        a_RxTxK = rho_RxR[:, s_TxK]  # rho(r, S_g)
+        num_RxT = rho_RxG[:, lo:hi] - np.einsum("rtk,tk->rt", a_RxTxK, w_TxK)
+        resid_r_RxT = 1.0 + ridge - np.einsum("rtk,tkj,rtj->rt", a_RxTxK, inv_TxKxK, a_RxTxK)
+        pc_RxT = num_RxT / np.sqrt(np.maximum(resid_r_RxT, 1e-12) * resid_g_T)
+        # Regulators in S_g: from the precision matrix of (S_g, g), i.e. given S_g minus themselves.
+        m_TxK1xK1 = np.zeros((hi - lo, k + 1, k + 1))
+        m_TxK1xK1[:, :k, :k] = sig_TxKxK
+        m_TxK1xK1[:, :k, k] = m_TxK1xK1[:, k, :k] = c_TxK
+        m_TxK1xK1[:, k, k] = 1.0 + ridge
+        p_TxK1xK1 = np.linalg.inv(m_TxK1xK1)
+        diag_TxK1 = np.einsum("tkk->tk", p_TxK1xK1)
+        inside_TxK = -p_TxK1xK1[:, :k, k] / np.sqrt(diag_TxK1[:, :k] * diag_TxK1[:, k:])
+        np.put_along_axis(pc_RxT.T, s_TxK, inside_TxK, axis=1)
+        out[:, lo:hi] = pc_RxT
+    out[np.arange(r), reg_idx] = 0.0
+    return np.clip(out, -1.0, 1.0)
+
+
 RANK_METHODS = ("spearman", "pcor")
 
 
 def infer_rank_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[str],
                        config: aracne.AracneConfig = aracne.AracneConfig(), *, name: str = "",
-                       method: str = "spearman") -> GeneNetwork:
-    """|Spearman| (or partial Spearman, method="pcor") network of one group of cells: BH at `config.fdr`, then
-    DPI if `config.dpi`.
+                       method: str = "pcor") -> GeneNetwork:
+    """Partial Spearman (method="pcor", default) or |Spearman| network of one group of cells: BH at `config.fdr`,
+    then DPI if `config.dpi`.
 
     Uses `config.fdr`, `dpi`, `dpi_tolerance`, `max_cells` (a seeded subsample),
     `min_informative_cells`, `block` (gene chunk) and `seed`; the MI estimator,
@@ -156,7 +211,8 @@ def infer_rank_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequ
         rho_RxG, n_cond = spearman_matrix(x_NxG, reg_idx, chunk=cfg.block), 0
     else:
         try:
-            rho_RxG, n_cond = partial_spearman_matrix(x_NxG, reg_idx, chunk=cfg.block), reg_idx.size - 1
+            rho_RxG = partial_spearman_matrix(x_NxG, reg_idx, chunk=cfg.block)
+            n_cond = conditioning_size(reg_idx.size)
         except aracne.EmptyNetworkError as e:
             raise aracne.EmptyNetworkError(f"{label}: {e}") from None
     cand_RxG = np.ones(rho_RxG.shape, bool)
