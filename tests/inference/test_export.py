@@ -254,7 +254,8 @@ def test_served_inputs_out_of_range_are_refused(exported, toy_run, pretrained):
         out[model.input_names.index(name)][0, 1] = value
         return out
 
-    with pytest.raises(ValueError, match=rf"input gene_ids has 1 value\(s\) outside \[0, {n_tokens}\) \(e.g. {n_tokens}\)"):
+    oov = rf"input gene_ids has 1 value\(s\) outside \[0, {n_tokens}\) \(e.g. {n_tokens}\)"
+    with pytest.raises(ValueError, match=oov):
         model(*with_value("gene_ids", n_tokens))
     with pytest.raises(ValueError, match=rf"input bins has 1 value\(s\) outside \[0, {n_bin_ids}\) \(e.g. -1\)"):
         model(*with_value("bins", -1))

@@ -51,7 +51,8 @@ def holder(tmp_path):
 def test_second_run_fails_at_once_naming_the_holder(holder, tmp_path):
     run_dir, proc = holder
     # the shards do not exist: had the lock not stopped it first, the run would fail on the data instead
-    with pytest.raises(RunLockedError, match=rf"train.run_dir .*run is in use by another pretrain run \(pid {proc.pid} "):
+    busy = rf"train.run_dir .*run is in use by another pretrain run \(pid {proc.pid} "
+    with pytest.raises(RunLockedError, match=busy):
         pretrain(build_run_config(_cfg(run_dir, tmp_path / "no_shards")), log=lambda m: None)
     cfg_path = tmp_path / "run.yaml"
     cfg_path.write_text(yaml.safe_dump(_cfg(run_dir, tmp_path / "no_shards")))
