@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -124,6 +125,7 @@ def export_model(checkpoint: Union[str, Path, Pretrained], out_dir: Union[str, P
     out = Path(out_dir).absolute()
     replace = _check_destination(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(out, log)
     # Everything is written into a temporary sibling and renamed into place at the end:
     # a failure (or a kill) leaves no half-written export at `out`.
     tmp = _sibling(out, "tmp")
@@ -167,7 +169,25 @@ def _check_destination(out: Path, overwrite: bool) -> bool:
 
 
 def _sibling(out: Path, kind: str) -> Path:
-    return out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
+    return out.parent / f".{out.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
+
+
+def _remove_stale_siblings(out: Path, log: Callable[[str], None]) -> None:
+    """Delete temporary folders left beside `out` by exports on this host whose process has died (killed)."""
+    prefix = f".{out.name}.{socket.gethostname()}."
+    for p in out.parent.glob(f".{out.name}.*"):
+        parts = p.name[len(prefix):].split(".") if p.name.startswith(prefix) else []
+        if len(parts) != 3 or parts[2] not in ("tmp", "old") or not parts[0].isdigit() or not p.is_dir():
+            continue
+        try:
+            os.kill(int(parts[0]), 0)
+            continue  # that export is still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, someone else's
+        shutil.rmtree(p, ignore_errors=True)
+        log(f"removed {p.name}, left beside {out.name} by an export (pid {parts[0]}) that was killed")
 
 
 def _move_into_place(tmp: Path, out: Path, replace: bool) -> None:

@@ -143,6 +143,20 @@ def test_failed_export_leaves_nothing(toy_run, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert {p.name: p.read_bytes() for p in out.rglob("*.json")} == before
     load_export(out)
+    # a temporary folder left by a killed export on this host is removed by the next export
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".model.{socket.gethostname()}.{dead.pid}.0badc0de.tmp"
+    (stale / "params").mkdir(parents=True)
+    live = tmp_path / f".model.{socket.gethostname()}.{os.getpid()}.0badc0de.tmp"  # a running export's
+    live.mkdir()
+    monkeypatch.undo()
+    logs = []
+    export_mod.export_model(toy_run["run"], tmp_path / "model", overwrite=True, log=logs.append)
+    assert not stale.exists() and live.is_dir()
+    assert any(f"by an export (pid {dead.pid}) that was killed" in m for m in logs)
 
 
 def test_export_contents_and_model_card(exported, pretrained):
