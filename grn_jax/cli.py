@@ -154,13 +154,31 @@ def _add_prepare(sub) -> None:
 
 
 def _add_quickstart(sub) -> None:
-    p = sub.add_parser("quickstart", help="run the main job end to end on the bundled PBMC data")
-    p.add_argument("--out", default="quickstart_out", help="output folder (default: quickstart_out)")
+    p = sub.add_parser("quickstart", help="run the whole path end to end: the bundled PBMC data, or --data FILE.h5ad")
+    p.add_argument("--out", default="quickstart_out", help="output folder")
+    p.add_argument("--data", default=None, help="your own .h5ad of raw counts (default: the bundled PBMC data)")
+    p.add_argument("--label-key", default=None, help="obs column with cell-type labels (required with --data)")
+    p.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
+    p.add_argument("--minutes", type=float, default=10.0, help="time budget of the whole run with --data")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the model and training (with --data)")
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps (with --data; default: fit --minutes)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a field of the run config (with --data), e.g. --set model.d_model=64")
 
     def run(args) -> int:
-        from grn_jax.inference.quickstart import quickstart  # data, tiny pretraining, then embed
+        if args.data is None:
+            if args.label_key is not None or args.layer is not None:
+                raise ValueError("--label-key/--layer apply to --data; pass --data FILE.h5ad too")
+            from grn_jax.inference.quickstart import quickstart  # data, tiny pretraining, then embed
 
-        quickstart(args.out)
+            quickstart(args.out)
+            return 0
+        if args.label_key is None:
+            raise ValueError("--data needs --label-key COL: the obs column holding the cell types to evaluate")
+        from grn_jax.inference.own_data import quickstart_on_data
+
+        quickstart_on_data(args.data, args.label_key, args.out, layer=args.layer, minutes=args.minutes,
+                           seed=args.seed, steps=args.steps, overrides=args.overrides)
         return 0
 
     p.set_defaults(func=run)

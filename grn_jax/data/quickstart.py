@@ -43,7 +43,7 @@ def quickstart_data(out_dir, *, networks: bool = True, graph: Optional[GraphSour
         from grn_jax.graphs import infer_cell_type_networks, write_cell_type_networks
 
         inferred = infer_cell_type_networks(adata, cell_type_key="cell_type")
-        write_cell_type_networks(inferred, out_dir / "networks")
+        write_cell_type_networks(inferred, out_dir / "networks", cell_names=list(adata.obs_names))
         graph = inferred.networks
         network_report = {"folder": str(out_dir / "networks"), "cell_types": len(inferred.summary),
                           "method": inferred.params["method"], "own_network": inferred.own,

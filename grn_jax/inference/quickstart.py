@@ -40,7 +40,10 @@ def quickstart_embed(out_dir, run_dir, *, echo: Callable[[str], None] = print) -
 
     from grn_jax.datasets.pbmc import CELL_TYPE_KEY, pbmc68k
     from grn_jax.inference.embed import CLS_KEY, MEAN_KEY, embed
-    from grn_jax.inference.graph_sources import GraphSpec
+    from grn_jax.inference.checkpoint import load_pretrained
+    from grn_jax.reporting import quickstart_graph
+    from grn_jax.tasks.controls import random_init_model, unseen_mask
+    from grn_jax.tasks.features import cell_embeddings
 
     out = Path(out_dir)
     counts = out / "pbmc68k_counts.h5ad"
@@ -48,19 +51,25 @@ def quickstart_embed(out_dir, run_dir, *, echo: Callable[[str], None] = print) -
     adata.uns.clear()  # h5ad cannot store every value type of the recovery report; counts only
     adata.write_h5ad(counts)
     embedded = out / "pbmc68k_embedded.h5ad"
-    graph = GraphSpec()
-    if (out / "networks" / "summary.json").is_file():  # the data stage's per-cell-type networks, types known
-        graph = GraphSpec(networks_dir=str(out / "networks"), cell_type_column=CELL_TYPE_KEY)
+    # graphs by kNN integration over the run's training cells: never the evaluated cell's own label
+    graph = quickstart_graph(out, run_dir)
     echo(f"== embedding the {adata.n_obs} PBMCs with {run_dir} ==")
     report = embed(run_dir, counts, embedded, graph=graph, overwrite=True, progress=False, log=echo)
     echo(report.to_text())
     result = anndata.read_h5ad(embedded)
-    labels = np.asarray(result.obs[CELL_TYPE_KEY]).astype(str)
-    agree = {key: knn_label_agreement(result.obsm[key], labels) for key in (CLS_KEY, MEAN_KEY)}
-    agree["pca50_log1p_cp10k (baseline)"] = knn_label_agreement(_pca_baseline(adata.X), labels)
+    # scored only on cells pretraining never saw (its validation cells), beside a random-init twin
+    pre = load_pretrained(run_dir)
+    unseen, _ = unseen_mask(pre, result.obs_names, None)
+    labels = np.asarray(result.obs[CELL_TYPE_KEY]).astype(str)[unseen]
+    k = int(min(15, max(1, unseen.sum() // 5)))
+    agree = {key: knn_label_agreement(result.obsm[key][unseen], labels, k) for key in (CLS_KEY, MEAN_KEY)}
+    twin = random_init_model(pre)
+    emb, _ = cell_embeddings(twin, adata[unseen].copy(), graph=graph)
+    agree["random_init mean (control)"] = knn_label_agreement(emb, labels, k)
+    agree["pca50_log1p_cp10k (baseline)"] = knn_label_agreement(_pca_baseline(adata.X)[unseen], labels, k)
     chance = float(np.unique(labels, return_counts=True)[1].max() / len(labels))
-    echo("15-NN cell-type agreement: " + ", ".join(f"{k} {v:.3f}" for k, v in agree.items())
-         + f"; most common type alone {chance:.3f}")
+    echo(f"{k}-NN cell-type agreement on the {int(unseen.sum())} cells pretraining never saw: "
+         + ", ".join(f"{k_} {v:.3f}" for k_, v in agree.items()) + f"; most common type alone {chance:.3f}")
     return {"embedded": str(embedded), "knn_agreement": agree, "chance": chance, "report": report}
 
 

@@ -13,7 +13,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-TINY_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "tiny.yaml"
+from grn_jax.resources import config_path
+
+TINY_CONFIG = Path(str(config_path("tiny")))  # shipped in the wheel (grn_jax/resources/configs)
 
 
 def loss_table(run_dir, n_rows: int = 6) -> list[str]:
