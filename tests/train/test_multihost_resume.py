@@ -1,8 +1,9 @@
 """Multi-host exact resume: every process's data-iterator state is checkpointed and restored.
 
 Fast: the gather / pick-own round trip and its refusals. Slow: 2 processes x 4 CPU devices on
-127.0.0.1 (jax.distributed), both killed mid-run, rerun to resume; the per-step losses equal an
-uninterrupted single-process run on 8 devices.
+127.0.0.1 (jax.distributed), both killed mid-run, rerun to resume. The resumed steps repeat the
+killed run's bit for bit; against one process on 8 devices the losses agree to float32 rounding only
+(the gradient all-reduce across processes sums in another order: 2.3380706 vs 2.3380704 at step 2).
 """
 
 import os
@@ -12,16 +13,18 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 import yaml
 
+from grn_jax.testing import assert_rel_close
 from grn_jax.train import distributed
 from grn_jax.train.loop import FAULT_ENV
 from grn_jax.train.metrics import read_metrics
 from tests.train.shards import N_BINS, make_shards
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = 6
+STEPS = 7
 
 
 def test_process_states_round_trip_and_refusals(monkeypatch):
@@ -46,7 +49,8 @@ def _config(shards, run_dir) -> Path:
             "model": {"preset": "tiny", "n_bins": N_BINS, "d_model": 16, "n_layers": 1, "n_heads": 2,
                       "mlp_dim": 32, "attention": "vanilla"},
             "train": {"run_dir": str(run_dir), "steps": STEPS, "batch_size": 8, "checkpoint_every": 3,
-                      "eval_every": 0, "progress": False, "tensorboard": False, "keep_last": 3, "keep_best": 0},
+                      "eval_every": 0, "progress": False, "tensorboard": False, "keep_last": 3, "keep_best": 0,
+                      "async_checkpoint": False},  # step 3 is on disk before the kill at step 5
             "mesh": {"data": 2, "fsdp": 2, "tensor": 2}}
     path = run_dir.parent / f"{run_dir.name}.yaml"
     path.write_text(yaml.safe_dump(tree))
@@ -98,12 +102,17 @@ def test_two_hosts_killed_and_resumed_match_one_host(tmp_path):
 
     two = tmp_path / "two"
     config = _config(shards, two)
-    killed = _two_hosts(config, fault="4:KILL")  # both die after step 4; the newest checkpoint is step 3
+    killed = _two_hosts(config, fault="5:KILL")  # both die after step 5; the newest checkpoint is step 3
     assert all(rc == -9 for rc, _ in killed), [t[-2000:] for _, t in killed]
+    before = _losses(two)
+    assert sorted(before) == list(range(5))
     resumed = _two_hosts(config)
     assert all(rc == 0 for rc, _ in resumed), [t[-3000:] for _, t in resumed]
-    assert "resumed from checkpoint step 3" in resumed[0][1]
+    assert all("resumed from checkpoint step 3" in text for _, text in resumed)  # both hosts, own data state
     got = _losses(two)
     assert sorted(got) == list(range(STEPS))
-    # the same global batches on the same 8-device mesh: the same losses, bit for bit
-    assert [got[s] for s in range(STEPS)] == [want[s] for s in range(STEPS)]
+    # exact resume: steps 3 and 4 retrained from the checkpoint repeat the killed run bit for bit
+    assert [got[s] for s in (3, 4)] == [before[s] for s in (3, 4)]
+    # the same global batches as one process reads (contiguous host slices): equal up to float32 rounding
+    assert_rel_close([got[s] for s in range(STEPS)], [want[s] for s in range(STEPS)], np.float32,
+                     what="2-host losses vs 1 host")
