@@ -7,7 +7,9 @@
     h        = h_expr + fusion_beta * h_fusion
 
 It replaces the backbone's final transformer layer (§4.1 "Architectures").
-Node features are the backbone's gene-ID embeddings (shared table), normalised
+Node features are the backbone's gene-ID embeddings (shared table; or, with
+`adapter.node_features = "token"`, the [gene || visible bin] token embeddings, so
+neighbours' expression flows along the edges), normalised
 to unit scale inside the GNN; the structure encodings are normalised again
 before the key/value projections. Without the two LayerNorms (the gene table is
 initialised at std 0.02) the fusion attention is uniform at init (entropy /
@@ -66,7 +68,8 @@ class StructureAdapter(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, h_expr_BxSxD, gene_emb_BxSxH, batch: TokenBatch):
+    def __call__(self, h_expr_BxSxD, node_feats_BxSxF, batch: TokenBatch):
+        """`node_feats_BxSxF`: gene-ID embeddings, or token embeddings (`AdapterConfig.node_features`)."""
         cfg, ad = self.config, self.config.adapter
         b, s = batch.gene_ids.shape
         token_mask_BxS = batch.token_mask.astype(bool)
@@ -84,7 +87,7 @@ class StructureAdapter(nn.Module):
                 seeds_LxB = sampling.fixed_seeds((ad.inference_sample_seed + scale) % 2**32, b, ad.gnn_layers)
             else:
                 seeds_LxB = sampling.cell_seeds(self.make_rng("sample"), b, ad.gnn_layers)
-            h_struct_BxSxD = h_struct_BxSxD + encoder(gene_emb_BxSxH, g.senders, g.receivers, g.edge_mask,
+            h_struct_BxSxD = h_struct_BxSxD + encoder(node_feats_BxSxF, g.senders, g.receivers, g.edge_mask,
                                                       node_mask_BxS, batch.gene_ids, seeds_LxB)
 
         # unit-scale keys/values: the summed GNN encodings are normalised per node (zero off the nodes)

@@ -22,6 +22,7 @@ DTYPES = ("float32", "bfloat16")
 GNN_KINDS = ("sage", "gcn", "gin")
 AGGREGATORS = ("mean", "max")
 PERTURB_MODES = ("coexpression", "random")
+NODE_FEATURES = ("gene", "token")
 
 
 def _check_choice(owner: str, name: str, value, choices) -> None:
@@ -56,6 +57,10 @@ class AdapterConfig:
     fanout: int = 10  # fixed-size uniform neighbour sample per node (GraphSAGE)
     fusion_heads: int = 8
     fusion_beta: float = 1.0
+    # GNN node features: "gene" = gene-ID embeddings (identity only, as in the paper) or "token" =
+    # [gene || visible-bin] embeddings, so message passing carries each neighbour's expression along
+    # the regulatory edges (masked genes show the MASK bin: no target leaks)
+    node_features: str = "gene"
     # Co-expression edge perturbation (Algorithm 1 lines 3-12): the fraction of
     # edges replaced by co-expression pairs in training; 0 turns it off.
     perturb_alpha: float = 0.2
@@ -68,6 +73,7 @@ class AdapterConfig:
         o = "AdapterConfig"
         _check_choice(o, "gnn", self.gnn, GNN_KINDS)
         _check_choice(o, "aggregator", self.aggregator, AGGREGATORS)
+        _check_choice(o, "node_features", self.node_features, NODE_FEATURES)
         _check_positive(o, "gnn_layers", self.gnn_layers)
         _check_positive(o, "fanout", self.fanout)
         _check_positive(o, "fusion_heads", self.fusion_heads)

@@ -100,6 +100,7 @@ class GREmLN(nn.Module):
 
         x_BxSxD, gene_emb_BxSxH = TokenEmbed(cfg.gene_vocab_size, cfg.bin_spec.vocab_size, cfg.d_model,
                                              dtype, name="embed")(batch.gene_ids, batch.bins)
+        token_emb_BxSxD = x_BxSxD  # [gene || bin] embeddings: the adapter's node features if node_features="token"
         x_BxSxD = nn.Dropout(cfg.dropout_rate)(x_BxSxD, deterministic=deterministic)
 
         ctx, plan = None, None
@@ -109,8 +110,8 @@ class GREmLN(nn.Module):
             x_BxSxD = Encoder(cfg, cfg.backbone_kinds, plan, dtype, deterministic, name="encoder")(
                 x_BxSxD, token_mask_BxS, ctx)
         if cfg.adapter is not None:
-            x_BxSxD = StructureAdapter(cfg, dtype, deterministic, name="adapter")(
-                x_BxSxD, gene_emb_BxSxH, batch)
+            node_feats = gene_emb_BxSxH if cfg.adapter.node_features == "gene" else token_emb_BxSxD
+            x_BxSxD = StructureAdapter(cfg, dtype, deterministic, name="adapter")(x_BxSxD, node_feats, batch)
         if cfg.norm == "pre":
             x_BxSxD = layer_norm(cfg, "ln_final", dtype)(x_BxSxD)
 

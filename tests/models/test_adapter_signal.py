@@ -131,3 +131,31 @@ def test_query_and_key_get_a_real_share_of_the_gradient():
     norm = {k: float(jnp.linalg.norm(jnp.ravel(fus[k]["kernel"].value))) for k in ("query", "key", "value", "out")}
     assert min(norm.values()) > 0
     assert min(norm["query"], norm["key"]) / max(norm["value"], norm["out"]) >= 1 / (2 * np.sqrt(N)), norm
+
+
+def test_token_node_features_carry_neighbours_expression_gene_features_do_not():
+    """With no backbone layer (the adapter is the only one) position i sees gene j's bin only through the GNN."""
+    cells, _ = _cells()
+    batch = make_batch(cells, S, E, N_BINS, cell_graph=True)
+    i, j = 5, 1  # gene tokens; j is a hub (gene index 0) with its bin changed, never masked here
+    assert j - 1 not in cells[0].loss and i - 1 not in cells[0].loss
+    bins = np.asarray(batch.bins).copy()
+    bins[0, j] = 1 + (bins[0, j] % (N_BINS - 1))
+    moved = batch.replace(bins=bins)
+    change = {}
+    for feats in ("gene", "token"):
+        cfg = tiny(gene_vocab_size=VOCAB, n_bins=N_BINS, d_model=32, n_layers=1, n_heads=4, mlp_dim=64,
+                   attention="vanilla", adapter=AdapterConfig(fanout=10, fusion_heads=4, node_features=feats))
+        model = build_model(cfg)
+        v = init_variables(model, jax.random.key(0), batch)
+        fwd = jax.jit(lambda v, b: model.apply(v, b, deterministic=True).hidden)
+        change[feats] = relative_error(np.asarray(fwd(v, moved))[0, i], np.asarray(fwd(v, batch))[0, i])
+    assert change["gene"] <= tolerance(jnp.float32).rel  # identity-only structure: bin j cannot reach i
+    assert change["token"] > tolerance(jnp.bfloat16).rel
+
+
+def test_node_features_choice_is_validated():
+    import pytest
+
+    with pytest.raises(ValueError, match="node_features"):
+        AdapterConfig(node_features="expression")
