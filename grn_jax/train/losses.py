@@ -43,7 +43,8 @@ def cell_expression_targets(gene_ids_BxS, bins_BxS, targets_BxS, loss_mask_BxS, 
 
     A gene among the cell's tokens has its true bin (masked positions take it
     from `targets`, visible ones from their input bin); every other gene has
-    bin 0. Special ids (PAD, MASK, CLS: the first `n_special`) never count.
+    bin 0. Special ids (PAD, MASK, CLS: the first `n_special`) and filler rows
+    (no gene token) never count.
     """
     b, s = bins_BxS.shape
     true_BxS = jnp.where(loss_mask_BxS, targets_BxS, bins_BxS)
@@ -52,5 +53,7 @@ def cell_expression_targets(gene_ids_BxS, bins_BxS, targets_BxS, loss_mask_BxS, 
     rows_BxS = jnp.broadcast_to(jnp.arange(b)[:, None], (b, s))
     tgt_BxV = jnp.zeros((b, vocab_size), jnp.int32).at[rows_BxS, jnp.where(ok_BxS, gene_ids_BxS, 0)].max(
         jnp.where(ok_BxS, true_BxS, 0).astype(jnp.int32))
-    valid_BxV = jnp.broadcast_to(jnp.arange(vocab_size) >= n_special, (b, vocab_size))
+    # filler rows (no gene token: batch padding) are not cells; their "all absent" targets would count
+    real_Bx1 = ok_BxS.any(axis=1, keepdims=True)
+    valid_BxV = (jnp.arange(vocab_size) >= n_special)[None, :] & real_Bx1
     return tgt_BxV, valid_BxV

@@ -37,6 +37,11 @@ def test_targets_are_true_bins_of_every_vocabulary_gene():
     # cell 0 has genes 5 (bin 1), 6 (masked, true 3), 7 (bin 2); cell 1 gene 5 (bin 3); the rest bin 0
     assert np.asarray(tgt).tolist() == [[0, 0, 0, 0, 0, 1, 3, 2, 0], [0, 0, 0, 0, 0, 3, 0, 0, 0]]
     assert np.asarray(valid).tolist() == [[False] * 3 + [True] * 6] * 2
+    # a filler row (no gene token) is not a cell: none of its entries count
+    filler = np.zeros_like(b.token_mask)
+    _, valid = losses.cell_expression_targets(jnp.asarray(b.gene_ids), jnp.asarray(b.bins), jnp.asarray(b.targets),
+                                              jnp.asarray(b.loss_mask), jnp.asarray(filler), VOCAB, N_BINS, 3)
+    assert not np.asarray(valid).any()
 
 
 def _log_softmax_ce(logits, t):
