@@ -19,7 +19,8 @@ ranking itself the network, in one pass over the cells:
    (`partial_spearman_matrix`; t with n - 2 - k dof for k regulators conditioned
    on), which removes correlation explained by other regulators -- shared
    cell-type programmes when types are pooled, regulator cascades within one.
-   On the benchmark's simulated sets its AUPR is 1.0-2.0x that of |Spearman|.
+   On the benchmark's simulated sets its ranking has on average 1.05x (one cell
+   type) and 1.7x (three pooled types) the AUPR of |Spearman|.
 3. Optional DPI (`aracne.dpi_prune`) on the edges that passed, weighted by the
    Gaussian-equivalent MI -0.5 log(1 - rho^2) (monotone in |rho|); max/min only,
    so it is exact too.
