@@ -193,12 +193,15 @@ def _add_profile(sub) -> None:
     p.add_argument("--num-edges", type=int, default=None, help="edge budget (default: tokenize.max_edges)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field, e.g. --set model.attention_impl=pallas (repeatable)")
+    p.add_argument("--peak-tflops", type=float, default=None, metavar="T",
+                   help="peak TFLOP/s per device for the MFU figure (default: a known accelerator's data sheet)")
 
     def run(args) -> int:
         from grn_jax.profiling import profile_from_config
 
+        peak = None if args.peak_tflops is None else args.peak_tflops * 1e12
         profile_from_config(args.config, steps=args.steps, out_dir=args.out, overrides=args.overrides,
-                            seq_len=args.seq_len, num_edges=args.num_edges)
+                            seq_len=args.seq_len, num_edges=args.num_edges, peak_flops_per_s=peak)
         return 0
 
     p.set_defaults(func=run)

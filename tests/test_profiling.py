@@ -67,6 +67,8 @@ def test_cli_parses_profile():
     args = build_parser().parse_args(["profile", "--config", "run.yaml", "--steps", "3", "--out", "p",
                                       "--set", "model.attention_impl=pallas"])
     assert (args.config, args.steps, args.out, args.overrides) == ("run.yaml", 3, "p", ["model.attention_impl=pallas"])
+    assert args.peak_tflops is None
+    assert build_parser().parse_args(["profile", "--config", "r.yaml", "--peak-tflops", "989"]).peak_tflops == 989.0
 
 
 @pytest.mark.slow
