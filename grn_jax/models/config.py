@@ -116,9 +116,16 @@ class ModelConfig:
     dtype: str = "float32"
     layer_norm_eps: float = 1e-5
     adapter: Optional[AdapterConfig] = None
+    # the cell-embedding head (models.heads.CellExpressionHead: every vocabulary gene's bin from the pooled
+    # embedding). On by default: without its objective the pooled embedding does not carry the cell (README,
+    # "What the default model is and why"). The papers' presets turn it off (their parameter counts);
+    # off, ModelOutput.cell_gene_logits is an empty [B, 0, n_bins] array
+    cell_head: bool = True
 
     def __post_init__(self):
         o = "ModelConfig"
+        if not isinstance(self.cell_head, bool):
+            raise ValueError(f"{o}.cell_head must be true or false, got {self.cell_head!r}")
         if isinstance(self.attention, list):  # from YAML: keep the config hashable
             object.__setattr__(self, "attention", tuple(self.attention))
         if self.gene_vocab_size < 4:
@@ -203,7 +210,7 @@ def gremln_base(gene_vocab_size: int = 20_003, **overrides) -> ModelConfig:
     `grn_jax.models.summary`).
     """
     fields = dict(gene_vocab_size=gene_vocab_size, n_bins=100, d_model=512, n_layers=3, n_heads=8, mlp_dim=2048,
-                  activation="gelu", attention="diffusion", diffusion_beta=0.1)
+                  activation="gelu", attention="diffusion", diffusion_beta=0.1, cell_head=False)
     fields.update(overrides)
     return ModelConfig(**fields)
 

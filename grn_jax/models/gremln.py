@@ -121,7 +121,10 @@ class GREmLN(nn.Module):
         count_Bx1 = jnp.maximum(gene_mask_BxS.sum(axis=1, keepdims=True), 1).astype(jnp.float32)
         mean_BxD = (jnp.where(gene_mask_BxS[..., None], hidden_BxSxD.astype(jnp.float32), 0).sum(axis=1)
                     / count_Bx1)
-        cell_logits_BxVxC = CellExpressionHead(cfg.n_bins, cfg.gene_vocab_size, cfg.d_model, dtype,
-                                               name="cell_head")(mean_BxD)
+        if cfg.cell_head:
+            cell_logits_BxVxC = CellExpressionHead(cfg.n_bins, cfg.gene_vocab_size, cfg.d_model, dtype,
+                                                   name="cell_head")(mean_BxD)
+        else:  # same structure, no work: the papers' objective has no cell term
+            cell_logits_BxVxC = jnp.zeros((mean_BxD.shape[0], 0, cfg.n_bins), jnp.float32)
         return ModelOutput(bin_logits=logits_BxSxC, hidden=hidden_BxSxD, cls_embedding=hidden_BxSxD[:, 0],
                            mean_embedding=mean_BxD.astype(dtype), cell_gene_logits=cell_logits_BxVxC)

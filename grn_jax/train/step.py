@@ -50,7 +50,7 @@ def _sums(apply_fn: ApplyFn, params, batch, rng, deterministic: bool, cfg: Train
     sums = {"ce_sum": ce_sum, "count": count,
             "correct": losses.masked_bin_correct(logits, batch.targets, batch.loss_mask)}
     objective = ce_sum
-    if cell_logits is not None:
+    if cell_logits is not None and cell_logits.shape[1] > 0:  # an empty array: the model has no cell head
         tgt, valid = losses.cell_expression_targets(batch.gene_ids, batch.bins, batch.targets, batch.loss_mask,
                                                     batch.token_mask, cell_logits.shape[1], cell_logits.shape[2],
                                                     NUM_SPECIAL)
