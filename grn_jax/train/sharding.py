@@ -125,6 +125,31 @@ def fit_sharding_to_shape(sharding: NamedSharding, shape: Sequence[int]) -> tupl
     return NamedSharding(sharding.mesh, P(*fitted)), dropped
 
 
+FSDP_FALLBACK_MIN_ELEMENTS = 1 << 14  # parameters at least this big are always split over fsdp somewhere
+
+
+def add_fsdp_fallback(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding:
+    """Split a large parameter that its annotations leave whole over `fsdp` along its largest fitting dimension.
+
+    The rules shard parameters over fsdp through their `embed` dimension; a
+    table without one (e.g. [vocab, mlp]) would otherwise be replicated on every
+    fsdp rank. The largest dimension whose size the combined axes divide takes
+    fsdp (after any axis it already has); small parameters stay as they are.
+    """
+    mesh = sharding.mesh
+    n = mesh.shape.get("fsdp", 1)
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    used = {a for e in spec if e is not None for a in ((e,) if isinstance(e, str) else e)}
+    if n <= 1 or "fsdp" in used or math.prod(shape) < FSDP_FALLBACK_MIN_ELEMENTS:
+        return sharding
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        names = () if spec[dim] is None else ((spec[dim],) if isinstance(spec[dim], str) else tuple(spec[dim]))
+        if shape[dim] % (math.prod(mesh.shape[a] for a in names) * n) == 0:
+            spec[dim] = names + ("fsdp",) if names else "fsdp"
+            return NamedSharding(mesh, P(*spec))
+    return sharding
+
+
 def param_shardings(abstract_boxed_params: Any, mesh: Mesh) -> tuple[Any, int]:
     """NamedShardings for (unboxed) parameters from the logical annotations of boxed abstract params.
 
@@ -146,7 +171,7 @@ def param_shardings(abstract_boxed_params: Any, mesh: Mesh) -> tuple[Any, int]:
     for s, p, logical, path in zip(flat_s, flat_p, flat_logical, paths):
         fitted, dropped = fit_sharding_to_shape(s, p.shape)
         n_unfitted += dropped
-        out.append(fitted)
+        out.append(add_fsdp_fallback(fitted, p.shape))
         if dropped:
             for dim, (want, got) in enumerate(zip(list(s.spec) + [None] * len(p.shape), fitted.spec)):
                 if want is not None and got is None:

@@ -134,3 +134,17 @@ def test_indivisible_heads_and_mlp_warn_naming_the_parameter_and_axis():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a mesh that divides everything: silent
         sh.param_shardings(abstract, sh.make_mesh(MeshConfig(1, 4, 2)))
+
+
+def test_large_parameters_without_an_embed_axis_still_split_over_fsdp():
+    from jax.sharding import NamedSharding
+
+    mesh = sh.make_mesh(MeshConfig(1, 4, 2))
+    table = NamedSharding(mesh, P(None, "tensor"))  # e.g. [vocab, mlp]: the rules give it no fsdp axis
+    assert sh.add_fsdp_fallback(table, (4096, 32)).spec == P("fsdp", "tensor")  # the largest dimension
+    # a vocabulary of 20,003 rows does not split 4 ways: the next dimension takes fsdp after tensor
+    assert sh.add_fsdp_fallback(table, (20003, 512)).spec == P(None, ("tensor", "fsdp"))
+    assert sh.add_fsdp_fallback(table, (64, 32)).spec == P(None, "tensor")  # small: left as annotated
+    already = NamedSharding(mesh, P("fsdp", "tensor"))
+    assert sh.add_fsdp_fallback(already, (4096, 32)) is already
+    assert sh.add_fsdp_fallback(table, (4099, 33)) is table  # nothing divides: unchanged
