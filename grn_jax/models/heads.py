@@ -61,8 +61,8 @@ class ClassificationHead(nn.Module):
 class CellExpressionHead(nn.Module):
     """Every vocabulary gene's bin predicted from the CELL embedding alone (scGPT's GEPC/MVC idea, all genes).
 
-    logits[b, v] = W2 gelu(W_c cell_b + q_v) + b2 for every vocabulary gene v,
-    q_v a learned query per gene. Bin 0 means "not among the cell's tokens", so
+    logits[b, v] = W2 gelu((W_c cell_b) * q_v + r_v) + b2 for every vocabulary gene v,
+    q_v, r_v a learned query and bias per gene. Bin 0 means "not among the cell's tokens", so
     the pooled embedding must carry WHICH genes the cell expresses and at what
     rank; the masked-bin head alone lets each token encode its own bin and
     leaves the pooled embedding nearly the same for every cell. Cost
@@ -78,9 +78,13 @@ class CellExpressionHead(nn.Module):
     @nn.compact
     def __call__(self, cell_BxD):
         c_BxF = dense(self.hidden_dim, (axes.EMBED, axes.MLP), "cell_proj", self.dtype)(cell_BxD.astype(self.dtype))
-        q_VxF = self.param("gene_query", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+        q_VxF = self.param("gene_query", nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                       (axes.VOCAB, axes.MLP)),
                            (self.vocab_size, self.hidden_dim), jnp.float32).astype(self.dtype)
-        h_BxVxF = nn.gelu(c_BxF[:, None, :] + q_VxF[None], approximate=False)
+        b_VxF = self.param("gene_bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes.VOCAB, axes.MLP)),
+                           (self.vocab_size, self.hidden_dim), jnp.float32).astype(self.dtype)
+        # multiplicative: gene v reads the cell through its own query (an inner-product decoder, as in scGPT's
+        # MVC), not only through a shared nonlinearity of a sum
+        h_BxVxF = nn.gelu(c_BxF[:, None, :] * q_VxF[None] + b_VxF[None], approximate=False)
         logits = dense(self.n_bins, (axes.MLP, axes.CLASSES), "decoder", self.dtype)(h_BxVxF)
         return nn.with_logical_constraint(logits.astype(jnp.float32), (axes.BATCH, axes.VOCAB, axes.CLASSES))
