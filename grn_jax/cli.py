@@ -61,9 +61,9 @@ def _warn_deprecated_spellings(parser: argparse.ArgumentParser, argv: Sequence[s
     """One FutureWarning per old option spelling used in `argv` (they are kept as aliases for a while)."""
     import warnings
 
-    actions, node = list(parser._actions), parser
+    actions, node = list(getattr(parser, "_actions", ())), parser  # a stand-in parser may have none
     for tok in argv:  # walk down the chosen subcommands, collecting their options
-        sub = next((a for a in node._actions if isinstance(a, argparse._SubParsersAction)), None)
+        sub = next((a for a in getattr(node, "_actions", ()) if isinstance(a, argparse._SubParsersAction)), None)
         if sub is not None and tok in sub.choices:
             node = sub.choices[tok]
             actions += node._actions

@@ -77,14 +77,15 @@ class CellExpressionHead(nn.Module):
 
     @nn.compact
     def __call__(self, cell_BxD):
+        # the head's width is d_model-sized: its tables shard like the gene table (EMBED over fsdp)
         c_BxF = dense(self.hidden_dim, (axes.EMBED, axes.MLP), "cell_proj", self.dtype)(cell_BxD.astype(self.dtype))
         q_VxF = self.param("gene_query", nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                                      (axes.VOCAB, axes.MLP)),
+                                                                      (axes.VOCAB, axes.EMBED)),
                            (self.vocab_size, self.hidden_dim), jnp.float32).astype(self.dtype)
-        b_VxF = self.param("gene_bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes.VOCAB, axes.MLP)),
+        b_VxF = self.param("gene_bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes.VOCAB, axes.EMBED)),
                            (self.vocab_size, self.hidden_dim), jnp.float32).astype(self.dtype)
         # multiplicative: gene v reads the cell through its own query (an inner-product decoder, as in scGPT's
         # MVC), not only through a shared nonlinearity of a sum
         h_BxVxF = nn.gelu(c_BxF[:, None, :] * q_VxF[None] + b_VxF[None], approximate=False)
-        logits = dense(self.n_bins, (axes.MLP, axes.CLASSES), "decoder", self.dtype)(h_BxVxF)
+        logits = dense(self.n_bins, (axes.EMBED, axes.CLASSES), "decoder", self.dtype)(h_BxVxF)
         return nn.with_logical_constraint(logits.astype(jnp.float32), (axes.BATCH, axes.VOCAB, axes.CLASSES))
