@@ -66,7 +66,8 @@ def to_markdown(r: dict) -> str:
              f"Command: `{r['command']}`", "",
              f"Machine: {r['machine']}", "",
              f"{r['cells']['pretrain']} cells pretrained on, {r['cells']['held_out']} held out (never seen); "
-             f"{r['steps']} steps at {r['step_seconds'] * 1000:.0f} ms (measured probe); whole run {r['seconds'] / 60:.1f} min.",
+             f"{r['steps']} steps" + (f" at {r['step_seconds'] * 1000:.0f} ms (measured probe)" if r["step_seconds"] else "")
+             + f"; whole run {r['seconds'] / 60:.1f} min.",
              "", f"## Held-out macro-F1 (mean and SD over {r['n_splits']} annotation splits of the held-out cells)", "",
              "| method | macro-F1 | SD | splits |", "|---|---|---|---|"]
     for m, row in sorted(r["annotation"].items(), key=lambda kv: -kv[1]["mean"]):

@@ -33,16 +33,10 @@ PROBE_STEPS = 12
 
 
 def _read(path, label_key: str, layer: Optional[str]):
-    import anndata
+    from grn_jax.data.ingest import read_h5ad
 
+    adata = read_h5ad(path, what="--data")
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--data {p}: no such file; pass an .h5ad of raw counts")
-    try:
-        adata = anndata.read_h5ad(p)
-    except Exception as e:  # h5py/anndata raise many kinds for a damaged file
-        raise ValueError(f"--data {p}: cannot read it as .h5ad ({type(e).__name__}: {e}); "
-                         "pass a valid AnnData file") from None
     if label_key not in adata.obs.columns:
         raise ValueError(f"--label-key {label_key!r} is not a column of {p}'s obs; columns: "
                          f"{list(adata.obs.columns)[:20]}")
@@ -51,7 +45,10 @@ def _read(path, label_key: str, layer: Optional[str]):
             raise ValueError(f"--layer {layer!r} is not in {p}; layers: {list(adata.layers)} (omit it to use X)")
         adata.X = adata.layers[layer]
     adata.layers.clear()
-    adata.obs_names_make_unique()
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
+        raise ValueError(f"--data {p}: cell names are not unique (e.g. {dup}); the held-out split and the "
+                         "pretraining-cell check go by name: run adata.obs_names_make_unique() first")
     col = adata.obs[label_key]
     missing = col.isna().to_numpy() | (col.astype(str).str.strip() == "").to_numpy()
     return adata, missing
@@ -110,28 +107,21 @@ def choose_regulators(gene_names, echo):
 
 
 def select_genes(adata, n_top: int, echo) -> list:
-    """The `n_top` most variable genes (scanpy's 'seurat' dispersion on log1p CP10k), in the data's order.
+    """The `n_top` most variable genes (`graphs.variable_genes`: scanpy 'seurat' dispersion), in the data's order.
 
     Tokens are then the cell's most expressed of these genes: without the
     selection the top-`max_genes` expressed genes of every cell are mostly the
     same abundant, uninformative genes.
     """
-    import anndata
-    import scanpy as sc
-    import scipy.sparse as sp
+    from grn_jax.graphs.celltype_networks import variable_genes
 
     if adata.n_vars <= n_top:
         echo(f"genes: all {adata.n_vars} genes are in the vocabulary (<= {n_top})")
         return list(adata.var_names)
-    tmp = anndata.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32))
-    tmp.var_names = adata.var_names
-    sc.pp.normalize_total(tmp, target_sum=1e4)
-    sc.pp.log1p(tmp)
-    sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat")
-    keep = tmp.var["highly_variable"].to_numpy()
-    echo(f"genes: the {int(keep.sum())} most variable of {adata.n_vars} genes form the vocabulary (scanpy 'seurat' "
+    chosen = set(variable_genes(adata, n_top))
+    echo(f"genes: the {len(chosen)} most variable of {adata.n_vars} genes form the vocabulary (scanpy 'seurat' "
          "dispersion); the other genes still count in each cell's total")
-    return list(adata.var_names[keep])
+    return [g for g in adata.var_names if g in chosen]
 
 
 def quickstart_on_data(data, label_key: str, out_dir, *, layer: Optional[str] = None, minutes: float = 10.0,
@@ -185,7 +175,8 @@ def quickstart_on_data(data, label_key: str, out_dir, *, layer: Optional[str] = 
         shutil.rmtree(net_dir)
     write_cell_type_networks(inferred, net_dir, cell_names=list(train_ad.obs_names))
     edges = {t: int(n.num_edges) for t, n in inferred.networks.items()}
-    echo(f"networks: {len(edges)} ({min(edges.values())}-{max(edges.values())} edges) in {net_dir} "
+    echo(inferred.report())
+    echo(f"networks: {min(edges.values())}-{max(edges.values())} edges each, in {net_dir} "
          f"[{time.perf_counter() - t0:.0f} s]")
 
     # 3. shards of the pretraining cells
@@ -206,17 +197,18 @@ def quickstart_on_data(data, label_key: str, out_dir, *, layer: Optional[str] = 
     # 4. pretraining that fits the budget
     run_dir = out / "runs" / "model"
     cfg_over = [f"data.shards={shards}", f"model.n_bins={n_bins}", f"train.seed={seed}", *overrides]
-    spent = time.perf_counter() - t_start
-    step_s = float("nan")
     if steps is None:
+        spent = time.perf_counter() - t_start
         step_s = _measure_step_seconds(out, cfg_over, echo)
-        budget = minutes * 60.0 - (time.perf_counter() - t_start) - _reserve_seconds(eval_ad.n_obs, train_ad.n_obs)
-        steps = int(budget / step_s)
-    if steps < 20 and step_s == step_s:
-        raise ValueError(f"--minutes {minutes:g} leaves time for {max(steps, 0)} training steps at {step_s:.2f} s "
-                         f"per step after {spent:.0f} s of data preparation; pass --minutes "
-                         f"{math.ceil((spent + 20 * step_s + _reserve_seconds(eval_ad.n_obs, train_ad.n_obs)) / 60) + 1} "
-                         "or more")
+        reserve = _reserve_seconds(eval_ad.n_obs, train_ad.n_obs)
+        steps = int((minutes * 60.0 - (time.perf_counter() - t_start) - reserve) / step_s)
+        if steps < 20:
+            need = math.ceil((spent + 20 * step_s + reserve) / 60) + 1
+            raise ValueError(f"--minutes {minutes:g} leaves time for {max(steps, 0)} training steps at "
+                             f"{step_s:.2f} s per step after {spent:.0f} s of data preparation; pass --minutes "
+                             f"{need} or more (or --steps N)")
+    else:
+        step_s = None
     result = _pretrain(run_dir, cfg_over + [f"train.steps={steps}"], echo)
     echo(f"pretrained {result.final_step} steps into {run_dir}")
 
@@ -292,16 +284,15 @@ def verdict_line(table: dict, labels: np.ndarray) -> str:
     model, pca, rnd = f("grn_jax"), f("pca_logreg"), f("random_init")
     n_classes = len(np.unique(labels))
     chance = table["chance"]["macro_f1"]["mean"] if "chance" in table else 1.0 / n_classes
-    words = []
-    words.append("beats" if model[0] > pca[0] + pca[1] + model[1] else
-                 "is within seed spread of" if model[0] >= pca[0] - pca[1] - model[1] else "is below")
-    return (f"VERDICT held-out macro-F1: grn_jax {model[0]:.3f} (+-{model[1]:.3f}) {words[0]} PCA-50 {pca[0]:.3f} "
-            f"(+-{pca[1]:.3f}); random-init twin {rnd[0]:.3f}; chance {chance:.3f} ({n_classes} types); "
+    spread = pca[1] + model[1]
+    word = ("beats" if model[0] > pca[0] + spread else
+            "is within split spread of" if model[0] >= pca[0] - spread else "is below")
+    return (f"VERDICT held-out macro-F1: grn_jax {model[0]:.3f} (+-{model[1]:.3f}) {word} PCA-50 {pca[0]:.3f} "
+            f"(+-{pca[1]:.3f}); random-init twin {rnd[0]:.3f}; chance {chance:.3f} (uniform guess, {n_classes} types); "
             f"model/PCA = {model[0] / pca[0]:.2f}, model - random init = {model[0] - rnd[0]:+.3f}")
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    tmp.replace(path)
+    from grn_jax._io import atomic_write_text
 
+    atomic_write_text(path, json.dumps(obj, indent=2, default=float))

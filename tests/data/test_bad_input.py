@@ -10,19 +10,12 @@ from grn_jax.data import DataConfig, GeneVocab, ShardStore, load_config, prepare
 from grn_jax.data.binning import row_ranks
 
 from ._helpers import toy_adata
+from tests._cli import fails_in_one_line
 
 QC_OFF = ["--min-counts", "0", "--min-genes", "1"]
 
 
-def _fails(capsys, argv, *needles):
-    """`main(argv)` exits 2 with a single stderr line containing every needle, and no traceback."""
-    rc = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
+_fails = fails_in_one_line
 
 
 @pytest.fixture

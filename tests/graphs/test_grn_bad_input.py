@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from grn_jax.cli import main
 from grn_jax.data.validate import check_counts_matrix
+from tests._cli import fails_in_one_line
 
 
 def _adata(n_cells=30, n_genes=12, seed=0):
@@ -17,13 +17,7 @@ def _adata(n_cells=30, n_genes=12, seed=0):
     return anndata.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
 
 
-def _fails(capsys, argv, *needles):
-    rc = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, (n, err)
+_fails = fails_in_one_line
 
 
 def _infer(path, out):

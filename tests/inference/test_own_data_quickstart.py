@@ -74,4 +74,4 @@ def test_bad_arguments_are_one_line_errors(h5ad, tmp_path, capsys, args, match):
 
 def test_missing_file_is_refused(tmp_path, capsys):
     rc = main(["quickstart", "--data", str(tmp_path / "none.h5ad"), "--label-key", "c", "--out", str(tmp_path / "o")])
-    assert rc == 2 and "no such file" in capsys.readouterr().err
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
