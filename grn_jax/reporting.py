@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from grn_jax._io import atomic_write_text, check_out_dir, read_json
+from grn_jax._io import atomic_path, atomic_write_text, check_out_dir, read_json
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -111,6 +111,12 @@ def _pyplot():
     return plt
 
 
+def _save_figure(fig, path) -> None:
+    """PNG written atomically (temp + rename), like every other file the report writes."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
 def plot_training_curves(train: list, val: list, path: Path) -> None:
     """Train loss per step (and val loss, masked-bin accuracy at each validation) to a PNG."""
     plt = _pyplot()
@@ -131,7 +137,7 @@ def plot_training_curves(train: list, val: list, path: Path) -> None:
     axes[0].legend()
     axes[1].set(xlabel="step", ylabel="accuracy", title="val masked-bin accuracy")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -153,7 +159,7 @@ def plot_umap(x_NxD: np.ndarray, labels: np.ndarray, path: Path, *, seed: int = 
     ax.set(xlabel="UMAP 1", ylabel="UMAP 2", title="cell embeddings")
     ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -169,7 +175,7 @@ def plot_confusion(classes: list, matrices: dict, path: Path) -> None:
         ax.set_yticks(range(len(classes)), classes, fontsize=6)
         ax.set(title=method, xlabel="predicted", ylabel="true")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -186,7 +192,7 @@ def plot_roc_pr(curves: dict, path: Path) -> None:
     axes[1].set(xlabel="recall", ylabel="precision", title="precision-recall (test cells)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -202,7 +208,7 @@ def plot_tf_attention(phi: Sequence[float], is_tf: Sequence[bool], path: Path) -
     ax.set(xlabel="log10 mean attention received (phi)", ylabel="density", title="TF attention distribution")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
 
 

@@ -80,3 +80,24 @@ def test_an_os_refusal_is_one_line(tmp_path, capsys):
                "--min-counts", "0", "--min-genes", "1"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err and "plain_file" in err, err
+
+
+def test_report_figure_is_written_atomically(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from grn_jax.reporting import plot_training_curves
+
+    path = tmp_path / "curves.png"
+    train = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    val = [{"step": 2, "val_loss": 1.6, "val_accuracy": 0.3}]
+    plot_training_curves(train, val, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def broken(self, fname, **kw):
+        open(fname, "wb").write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken)
+    with pytest.raises(OSError):
+        plot_training_curves(train, val, tmp_path / "other.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]  # no half-written file left

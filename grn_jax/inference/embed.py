@@ -170,7 +170,7 @@ def embed(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, annda
         ctx = _GeneContext(len(pre.vocab), d)
         counts: dict = {}
         n_empty, empty_examples = 0, []
-        bar = _progress(src.n_cells, progress)
+        bar = progress_bar(src.n_cells, progress)
         for start, block in src.chunks(chunk_cells):
             t = tok.tokenize(block, start, col_ids, src, ingest=ingest, graph_source=gsrc)
             for k, v in t.counts.items():
@@ -239,7 +239,7 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool):
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm

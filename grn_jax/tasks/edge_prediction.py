@@ -130,7 +130,8 @@ def _models_agree(pre: Pretrained, other: Pretrained) -> None:
 
 
 def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, others: Optional[dict] = None,
-                 mask_fraction: float = 0.15, batch_size: int = 32, seed: int = 0) -> tuple[list, dict]:
+                 mask_fraction: float = 0.15, batch_size: int = 32, seed: int = 0,
+                 progress: bool = True) -> tuple[list, dict]:
     """Tokenise every cell as in training, hide edges, run the frozen model(s) on the incomplete graph.
 
     `others`: {method: Pretrained} run on the very same tokens and incomplete graphs.
@@ -138,6 +139,7 @@ def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, o
     """
     from grn_jax.data.ingest import open_counts
     from grn_jax.inference.graph_sources import build_graph_source, check_graph_matches_training
+    from grn_jax.inference.embed import progress_bar
     from grn_jax.inference.model_fn import batch_arrays, call_rows, jitted_inference_fn
     from grn_jax.inference.tokens import TrainingTokenizer
 
@@ -160,6 +162,7 @@ def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, o
     gsrc, _ = build_graph_source(graph, pre.vocab, src, 4096, log=lambda m: None)
     cells, counts = [], {"cells": int(src.n_cells), "cells_without_tokens": 0, "cells_with_fewer_than_2_edges": 0,
                          "cells_with_fewer_negatives": 0}
+    bar = progress_bar(int(src.n_cells), progress)
     for start, block in src.chunks(4096):
         t = tok.tokenize(block, start, col_ids, src, ingest=ingest, graph_source=gsrc)
         counts["cells_without_tokens"] += int((t.lengths == 0).sum())
@@ -197,6 +200,8 @@ def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, o
                     cell.hidden[m] = h_NxD[cell.positions - 1]
                     cell.mean[m] = np.asarray(mean_BxD[r], np.float32)  # the model's own mean pooling
             cells += [c for _, c in pending]
+            bar.update(len(pos))
+    bar.close()
     src.close()
     return cells, counts
 

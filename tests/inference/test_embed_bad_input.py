@@ -134,3 +134,13 @@ def test_evaluation_embeddings_show_progress(pretrained, toy_run, capsys):
     assert ok.all() and "embed" in capsys.readouterr().err  # a tqdm bar on stderr, not minutes of silence
     cell_embeddings(pretrained, toy_run["adata"], graph=GraphSpec(network=str(toy_run["network"])), progress=False)
     assert "embed" not in capsys.readouterr().err
+
+
+def test_edge_prediction_masking_loop_shows_progress(pretrained, toy_run, capsys):
+    from grn_jax.tasks.edge_prediction import masked_cells
+
+    graph = GraphSpec(network=str(toy_run["network"]))
+    masked_cells(pretrained, toy_run["adata"], graph=graph)
+    assert "cells" in capsys.readouterr().err  # its own tqdm bar (cells masked and run), not silence
+    masked_cells(pretrained, toy_run["adata"], graph=graph, progress=False)
+    assert "cells" not in capsys.readouterr().err
