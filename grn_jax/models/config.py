@@ -19,6 +19,7 @@ ACTIVATIONS = ("gelu", "relu")
 ATTENTION_IMPLS = ("xla", "blocked", "pallas")
 REMAT_POLICIES = ("none", "attention", "block")
 DTYPES = ("float32", "bfloat16")
+CELL_HEAD_OUTPUTS = ("bins", "value")
 GNN_KINDS = ("sage", "gcn", "gin")
 AGGREGATORS = ("mean", "max")
 PERTURB_MODES = ("coexpression", "random")
@@ -121,11 +122,18 @@ class ModelConfig:
     # "What the default model is and why"). The papers' presets turn it off (their parameter counts);
     # off, ModelOutput.cell_gene_logits is an empty [B, 0, n_bins] array
     cell_head: bool = True
+    # what the cell head predicts for every vocabulary gene: "bins" (a softmax over the n_bins rank bins,
+    # cross-entropy) or "value" (one number, the bin scaled to [0, 1], squared error: an autoencoder of the
+    # cell's binned profile, whose linear optimum is the profile's principal subspace)
+    cell_head_output: str = "bins"
 
     def __post_init__(self):
         o = "ModelConfig"
         if not isinstance(self.cell_head, bool):
             raise ValueError(f"{o}.cell_head must be true or false, got {self.cell_head!r}")
+        if self.cell_head_output not in CELL_HEAD_OUTPUTS:
+            raise ValueError(f"{o}.cell_head_output must be one of {list(CELL_HEAD_OUTPUTS)}, "
+                             f"got {self.cell_head_output!r}")
         if isinstance(self.attention, list):  # from YAML: keep the config hashable
             object.__setattr__(self, "attention", tuple(self.attention))
         if self.gene_vocab_size < 4:

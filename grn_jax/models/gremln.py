@@ -37,7 +37,8 @@ class ModelOutput:
     cls_embedding   [B, D]              hidden state of the CLS token
     mean_embedding  [B, D]              mean of hidden over the cell's real gene tokens
     cell_gene_logits float32 [B, V, n_bins]  every vocabulary gene's bin (0 = not among the cell's
-                                        tokens) predicted from mean_embedding alone (CellExpressionHead)
+                                        tokens) predicted from mean_embedding alone (CellExpressionHead);
+                                        [B, V, 1] with cell_head_output="value": bin / (n_bins - 1)
     """
 
     bin_logits: jax.Array
@@ -123,7 +124,7 @@ class GREmLN(nn.Module):
                     / count_Bx1)
         if cfg.cell_head:
             cell_logits_BxVxC = CellExpressionHead(cfg.n_bins, cfg.gene_vocab_size, cfg.d_model, dtype,
-                                                   name="cell_head")(mean_BxD)
+                                                   cfg.cell_head_output, name="cell_head")(mean_BxD)
         else:  # same structure, no work: the papers' objective has no cell term
             cell_logits_BxVxC = jnp.zeros((mean_BxD.shape[0], 0, cfg.n_bins), jnp.float32)
         return ModelOutput(bin_logits=logits_BxSxC, hidden=hidden_BxSxD, cls_embedding=hidden_BxSxD[:, 0],

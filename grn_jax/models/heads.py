@@ -67,13 +67,15 @@ class CellExpressionHead(nn.Module):
     rank; the masked-bin head alone lets each token encode its own bin and
     leaves the pooled embedding nearly the same for every cell. Cost
     B x V x hidden_dim per step: fine for vocabularies of a few thousand genes.
-    Logits float32 [B, V, n_bins].
+    Logits float32 [B, V, n_bins]; with `output="value"` one number per gene instead,
+    [B, V, 1], the predicted bin / (n_bins - 1), fitted by squared error.
     """
 
     n_bins: int
     vocab_size: int
     hidden_dim: int
     dtype: Any = jnp.float32
+    output: str = "bins"  # "bins" | "value" (ModelConfig.cell_head_output)
 
     @nn.compact
     def __call__(self, cell_BxD):
@@ -87,5 +89,6 @@ class CellExpressionHead(nn.Module):
         # multiplicative: gene v reads the cell through its own query (an inner-product decoder, as in scGPT's
         # MVC), not only through a shared nonlinearity of a sum
         h_BxVxF = nn.gelu(c_BxF[:, None, :] * q_VxF[None] + b_VxF[None], approximate=False)
-        logits = dense(self.n_bins, (axes.EMBED, axes.CLASSES), "decoder", self.dtype)(h_BxVxF)
+        width = self.n_bins if self.output == "bins" else 1
+        logits = dense(width, (axes.EMBED, axes.CLASSES), "decoder", self.dtype)(h_BxVxF)
         return nn.with_logical_constraint(logits.astype(jnp.float32), (axes.BATCH, axes.VOCAB, axes.CLASSES))

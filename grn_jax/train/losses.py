@@ -57,3 +57,18 @@ def cell_expression_targets(gene_ids_BxS, bins_BxS, targets_BxS, loss_mask_BxS, 
     real_Bx1 = ok_BxS.any(axis=1, keepdims=True)
     valid_BxV = (jnp.arange(vocab_size) >= n_special)[None, :] & real_Bx1
     return tgt_BxV, valid_BxV
+
+
+def cell_value_error(pred_BxVx1, tgt_BxV, valid_BxV, n_bins: int):
+    """(sum of squared error, count, rounded hits) of a value-output cell head (float32 scalars).
+
+    The target of gene v is its bin scaled to [0, 1], tgt / (n_bins - 1); a hit is a
+    prediction that rounds to the true bin, so `cell_accuracy` reads as for the
+    softmax head.
+    """
+    scale = float(n_bins - 1)
+    pred_BxV = pred_BxVx1[..., 0].astype(jnp.float32)
+    mask = valid_BxV.astype(jnp.float32)
+    err_BxV = jnp.square(pred_BxV - tgt_BxV.astype(jnp.float32) / scale)
+    hit_BxV = (jnp.clip(jnp.round(pred_BxV * scale), 0, scale) == tgt_BxV) & valid_BxV
+    return jnp.sum(err_BxV * mask), jnp.sum(mask), jnp.sum(hit_BxV.astype(jnp.float32))

@@ -51,12 +51,15 @@ def _sums(apply_fn: ApplyFn, params, batch, rng, deterministic: bool, cfg: Train
             "correct": losses.masked_bin_correct(logits, batch.targets, batch.loss_mask)}
     objective = ce_sum
     if cell_logits is not None and cell_logits.shape[1] > 0:  # an empty array: the model has no cell head
+        n_bins = logits.shape[-1]
         tgt, valid = losses.cell_expression_targets(batch.gene_ids, batch.bins, batch.targets, batch.loss_mask,
-                                                    batch.token_mask, cell_logits.shape[1], cell_logits.shape[2],
-                                                    NUM_SPECIAL)
-        cell_sum, cell_count = losses.masked_bin_cross_entropy(cell_logits, tgt, valid)
-        sums.update(cell_sum=cell_sum, cell_count=cell_count,
-                    cell_correct=losses.masked_bin_correct(cell_logits, tgt, valid))
+                                                    batch.token_mask, cell_logits.shape[1], n_bins, NUM_SPECIAL)
+        if cell_logits.shape[2] == 1:  # value head (model.cell_head_output="value"): squared error
+            cell_sum, cell_count, cell_correct = losses.cell_value_error(cell_logits, tgt, valid, n_bins)
+        else:
+            cell_sum, cell_count = losses.masked_bin_cross_entropy(cell_logits, tgt, valid)
+            cell_correct = losses.masked_bin_correct(cell_logits, tgt, valid)
+        sums.update(cell_sum=cell_sum, cell_count=cell_count, cell_correct=cell_correct)
         if cfg.cell_loss_weight > 0:
             # per cell the masked term sums ~mask_rate x S token losses and this one V gene losses: rescale
             scale = cfg.cell_loss_weight * cfg.mask_rate * batch.gene_ids.shape[1] / cell_logits.shape[1]

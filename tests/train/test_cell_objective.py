@@ -89,3 +89,36 @@ def test_cell_head_reads_only_the_mean_embedding():
 def test_cell_loss_weight_is_validated():
     with pytest.raises(ValueError, match="cell_loss_weight"):
         TrainConfig(cell_loss_weight=-1.0)
+
+
+def test_value_head_objective_is_squared_error_of_scaled_bins():
+    """cell_head_output="value": one number per gene, fitted to bin / (n_bins - 1) by squared error."""
+    b = _batch()
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 4, N_BINS)).astype(np.float32)
+    pred = rng.uniform(size=(2, VOCAB, 1)).astype(np.float32)
+    pred[0, 6, 0] = 1.0  # rounds to bin 3 = the true bin of gene 6: a hit
+    cfg = TrainConfig(mask_rate=0.25, cell_loss_weight=2.0)
+    objective, sums = _sums(lambda p, batch, **kw: (jnp.asarray(logits), jnp.asarray(pred)), None,
+                            jax.tree_util.tree_map(jnp.asarray, b), jax.random.key(0), True, cfg)
+    want = np.array([[0, 0, 1, 3, 2, 0], [0, 0, 3, 0, 0, 0]]) / (N_BINS - 1)  # genes 3..8
+    err = float(np.sum((pred[:, 3:, 0].astype(np.float64) - want) ** 2))
+    hits = int(np.sum(np.clip(np.round(pred[:, 3:, 0] * (N_BINS - 1)), 0, N_BINS - 1) == want * (N_BINS - 1)))
+    assert float(sums["cell_count"]) == 12 and float(sums["cell_correct"]) == hits >= 1
+    assert_allclose(sums["cell_sum"], err, np.float32)
+    assert_allclose(objective, _log_softmax_ce(logits[0, 2], 3) + 2.0 * 0.25 * 4 / VOCAB * err, np.float32)
+
+
+def test_value_head_emits_one_number_per_gene_and_bad_output_is_refused():
+    import flax.linen as nn
+
+    from grn_jax.models import build_model, example_batch, tiny
+
+    cfg = tiny(gene_vocab_size=16, n_bins=N_BINS, d_model=16, n_layers=1, n_heads=2, mlp_dim=32,
+               attention="vanilla", cell_head_output="value")
+    model = build_model(cfg)
+    batch = example_batch(cfg, batch_size=2, seq_len=8, num_edges=8)
+    params = nn.unbox(model.init({"params": jax.random.key(0)}, batch, deterministic=True)["params"])
+    assert model.apply({"params": params}, batch, deterministic=True).cell_gene_logits.shape == (2, 16, 1)
+    with pytest.raises(ValueError, match="cell_head_output"):
+        tiny(cell_head_output="probabilities")
