@@ -71,7 +71,9 @@ class TokenBatch:
 
     All arrays have static, bucketed shapes [B, S] / [B, E]. `graph` is the
     cell-type GRN restricted to the cell's tokens (GREmLN); `cell_graph` is the
-    optional cell-specific GRN (GRNFormer's second scale).
+    optional cell-specific GRN (GRNFormer's second scale); `coexpr_graph` the
+    optional dataset co-expression partner pairs among the cell's tokens, the pool
+    co-expression edge perturbation draws from in training (never message-passed).
     """
 
     gene_ids: np.ndarray  # int32 [B, S]; position 0 is CLS
@@ -81,6 +83,7 @@ class TokenBatch:
     token_mask: np.ndarray  # bool [B, S]; CLS + genes
     graph: GraphBatch
     cell_graph: Optional[GraphBatch] = None
+    coexpr_graph: Optional[GraphBatch] = None
 
     @property
     def batch_size(self) -> int:
@@ -107,7 +110,7 @@ def validate_token_batch(batch: TokenBatch) -> None:
             raise ValueError(
                 f"TokenBatch.{name} must be {np.dtype(dtype).name}{list(shape)}, "
                 f"got {np.dtype(arr.dtype).name}{list(np.shape(arr))}")
-    for gname in ("graph", "cell_graph"):
+    for gname in ("graph", "cell_graph", "coexpr_graph"):
         g = getattr(batch, gname)
         if g is None:
             continue

@@ -49,7 +49,10 @@ def collate(cells: Sequence[dict], bin_spec: BinSpec, seq_buckets: Sequence[int]
     """Pad `cells` (dicts from `ShardStore.cell`) to a `CellBatch` of `batch_size` rows (filler rows if fewer).
 
     S = smallest sequence bucket >= 1 + longest cell; E = smallest edge bucket >=
-    most edges in any cell (graph and cell_graph share E).
+    most edges in any cell (graph and cell_graph share E). Cells that carry
+    co-expression partner pairs (`coexpr_src`, from a store with a partner table)
+    also fill `coexpr_graph`: each cell's E strongest pairs (the pool perturbation
+    draws at most floor(alpha E) edges from).
     """
     b = len(cells) if batch_size is None else batch_size
     if len(cells) > b:
@@ -79,6 +82,11 @@ def collate(cells: Sequence[dict], bin_spec: BinSpec, seq_buckets: Sequence[int]
     if with_cell_graph:
         cell_graph = _pad_graph(b, e, [(c["cell_edge_src"], c["cell_edge_dst"], c["cell_edge_weight"])
                                        for c in cells])
+    coexpr_graph = None
+    if cells and "coexpr_src" in cells[0]:
+        coexpr_graph = _pad_graph(b, e, [(c["coexpr_src"][:e], c["coexpr_dst"][:e], c["coexpr_weight"][:e])
+                                         for c in cells])
     tokens = TokenBatch(gene_ids=gene_ids, bins=bins, targets=np.zeros((b, s), np.int32),
-                        loss_mask=np.zeros((b, s), bool), token_mask=token_mask, graph=graph, cell_graph=cell_graph)
+                        loss_mask=np.zeros((b, s), bool), token_mask=token_mask, graph=graph, cell_graph=cell_graph,
+                        coexpr_graph=coexpr_graph)
     return CellBatch(tokens=tokens, cell_index=cell_index, cell_mask=cell_index >= 0)

@@ -88,7 +88,8 @@ def _build_source(spec: GraphSpec, vocab: GeneVocab, src: CountsSource, cell_typ
 
 def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: DataConfig = DataConfig(), *,
             vocab: Optional[GeneVocab] = None, graph: GraphSpec = None, cell_graph: GraphSpec = None,
-            overwrite: bool = False, dataset_name: Optional[str] = None, allow_empty_graph: bool = False) -> dict:
+            overwrite: bool = False, dataset_name: Optional[str] = None, allow_empty_graph: bool = False,
+            coexpr_partners: int = 10, coexpr_min_corr: float = 0.1, coexpr_max_genes: int = 4096) -> dict:
     """Tokenise `source` into shards under `out_dir`; return the summary (also in the manifest).
 
     vocab: an existing vocabulary (e.g. the pretraining one); None builds one from
@@ -96,9 +97,17 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
     cell_graph: a source (or factory) for the optional cell-specific graph.
     allow_empty_graph: accept a graph that yields no edge in any cell (warns);
     by default that is an error, since graph-less shards silently train without GDKA.
+    coexpr_*: the dataset co-expression partner table written beside the shards
+    (`grn_jax.graphs.coexpression`): each gene's `coexpr_partners` most correlated
+    genes over the kept cells (Pearson on log1p CP10k, r >= `coexpr_min_corr`), over
+    the `coexpr_max_genes` most often detected vocabulary genes; 0 partners: no table.
     """
     t0 = time.perf_counter()
     config.validate()
+    if coexpr_partners < 0 or coexpr_max_genes < 2 or not -1.0 <= coexpr_min_corr <= 1.0:
+        raise ValueError(f"co-expression partners: need coexpr_partners >= 0 (got {coexpr_partners}), "
+                         f"coexpr_max_genes >= 2 (got {coexpr_max_genes}), coexpr_min_corr in [-1, 1] "
+                         f"(got {coexpr_min_corr})")
     check_out_dir(out_dir, "output folder")  # before reading: an existing file at --out fails at once
     ing, tok = config.ingest, config.tokenize
     src = open_counts(source, ing)
@@ -118,6 +127,7 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
         # pass 1: validate, totals, expressed vocabulary genes per cell
         totals = np.zeros(src.n_cells, np.float64)
         n_expr = np.zeros(src.n_cells, np.int64)
+        detected_V = np.zeros(len(vocab), np.int64)  # cells detecting each vocabulary gene (partner-table genes)
         nnz = 0
         cell_names = src.cell_names
         for start, block in src.chunks(config.shards.chunk_cells):
@@ -128,6 +138,7 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
             in_vocab = col_ids[block.indices] >= 0
             rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
             n_expr[start:stop] = np.bincount(rows[in_vocab], minlength=block.shape[0])
+            detected_V += np.bincount(col_ids[block.indices][in_vocab], minlength=len(vocab))
             nnz += block.nnz
         if nnz == 0:
             raise ValueError(f"the matrix ({src.where}, {src.n_cells} cells x {src.n_genes} genes) is all zeros; "
@@ -144,6 +155,13 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
                                                             allow_empty_graph)
         writer = ShardWriter(out_dir, config.shards.cells_per_shard, with_cell_graph=csrc is not None,
                              overwrite=overwrite)
+        coexpr = None
+        if coexpr_partners > 0:
+            from grn_jax.graphs.coexpression import CoexpressionAccumulator
+
+            tracked = np.argsort(-detected_V, kind="stable")[:coexpr_max_genes]
+            coexpr = CoexpressionAccumulator(np.sort(tracked[detected_V[tracked] > 0]), len(vocab))
+        partners_path = writer.out / "coexpression_partners.npz"
         try:
             counts = dict.fromkeys(_COUNT_KEYS, 0)
             lengths, edge_counts = [], []
@@ -160,6 +178,8 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
                                    cell_graph_source=csrc, normalized_input=ing.normalized_input)
                 for k, v in t.counts.items():
                     counts[k] += v
+                if coexpr is not None:
+                    coexpr.add(vblock, totals[start + rows])
                 lengths.append(t.lengths)
                 edge_counts.append(np.diff(t.graph.ptr))
                 for k, g in (("graph", t.graph), ("cell_graph", t.cell_graph)):
@@ -207,6 +227,9 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
             manifest = {"vocab": vocab.to_dict(), "bin_spec": dataclasses.asdict(BinSpec(tok.n_bins)),
                         "seq_buckets": list(s_b), "edge_buckets": list(e_b), "config": config.to_dict(),
                         "summary": summary}
+            if coexpr is not None:
+                summary["coexpression"] = manifest["coexpression"] = _write_partners(
+                    coexpr, partners_path, len(vocab), coexpr_partners, coexpr_min_corr, coexpr_max_genes)
             summary["seconds"]["total"] = round(time.perf_counter() - t0, 3)
             manifest = writer.finish(manifest, cells)
             summary["shards"] = len(manifest["shards"])
@@ -214,10 +237,27 @@ def prepare(source: Union[str, os.PathLike, anndata.AnnData], out_dir, config: D
             summary["out_dir"] = str(out_dir)
             return summary
         except BaseException:
+            if partners_path.exists():
+                partners_path.unlink()
             writer.abort()
             raise
     finally:
         src.close()
+
+
+def _write_partners(acc, path, vocab_size: int, k: int, min_corr: float, max_genes: int) -> dict:
+    """Write the co-expression partner table beside the shards; return its manifest record."""
+    import hashlib
+
+    from grn_jax.graphs.coexpression import PartnerTable
+
+    src, dst, r = acc.partners(k, min_corr)
+    PartnerTable(src, dst, r, vocab_size).save(path)
+    per_gene = np.bincount(np.concatenate([src, dst]), minlength=vocab_size)[acc.genes] if len(acc.genes) else [0]
+    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "pairs": int(len(src)),
+            "genes_tracked": int(len(acc.genes)), "cells": int(acc.n), "median_partners_per_gene":
+            float(np.median(per_gene)), "params": {"k": int(k), "min_corr": float(min_corr),
+                                                   "max_genes": int(max_genes), "statistic": "pearson, log1p CP10k"}}
 
 
 def _fell_back(spec: GraphSpec) -> list:

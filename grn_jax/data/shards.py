@@ -280,6 +280,7 @@ class ShardStore:
         self.bin_spec = BinSpec(self.manifest["bin_spec"]["n_bins"])
         self.seq_buckets = tuple(self.manifest["seq_buckets"])
         self.edge_buckets = tuple(self.manifest["edge_buckets"])
+        self.coexpression = _load_partners(self.folder, self.manifest)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -311,7 +312,25 @@ class ShardStore:
             out.update(cell_edge_src=np.asarray(sh["cell_edge_src"][ca:cb]),
                        cell_edge_dst=np.asarray(sh["cell_edge_dst"][ca:cb]),
                        cell_edge_weight=np.asarray(sh["cell_edge_weight"][ca:cb]))
+        if self.coexpression is not None:  # the cell's dataset co-expression partner pairs (positions)
+            out["coexpr_src"], out["coexpr_dst"], out["coexpr_weight"] = self.coexpression.cell_pairs(out["gene_ids"])
         return out
 
     def cells_table(self) -> pd.DataFrame:
         return pd.read_csv(self.folder / "cells.csv", keep_default_na=False)
+
+
+def _load_partners(folder: Path, manifest: dict):
+    """The co-expression partner table `prepare` wrote (None for folders prepared before it existed)."""
+    rec = manifest.get("coexpression")
+    if not rec:
+        return None
+    from grn_jax.graphs.coexpression import PartnerTable
+
+    path = folder / rec["file"]
+    if not path.is_file():
+        raise ValueError(f"data.shards: {path} is missing (prepare wrote it); re-run `grn-jax prepare`")
+    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    if got != rec["sha256"]:
+        raise ValueError(f"data.shards: {path} was modified after `grn-jax prepare` (SHA-256 differs); re-run prepare")
+    return PartnerTable.load(path)

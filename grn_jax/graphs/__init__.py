@@ -32,7 +32,8 @@ from grn_jax.graphs.network_io import (  # noqa: E402
 
 # --- co-expression graph and edge perturbation (GRNFormer §3.2) ---
 from grn_jax.graphs.coexpression import (  # noqa: E402
-    coexpression_adjacency, expressed_positions, num_replaced, perturb_edges)
+    CoexpressionAccumulator, PartnerTable, coexpression_adjacency, expressed_positions, num_replaced,
+    num_replaced_pairs, perturb_edges, usable_partner_pairs)
 
 # --- cell-specific GRNs (GRNFormer §3.1): AUCell + two-Gaussian thresholds ---
 from grn_jax.graphs.aucell import Regulons, aucell, regulons_from_network  # noqa: E402

@@ -18,6 +18,13 @@ sklearn's GaussianMixture is the test oracle). The threshold is
 
 A regulon is active in a cell when its AUC is strictly above the threshold, and the
 cell's GRN keeps the edges of its type's network whose regulator is active.
+
+New cells (`grn-jax embed` / `eval` of a hybrid checkpoint) are not refitted: their
+AUCell scores are compared with the thresholds fitted in training
+(`CellSpecificGRNs.thresholds_record`, saved in the prepared shards' summary and so
+in every checkpoint's tokenisation record) by `apply_thresholds`, using the
+thresholds of the type each new cell is *assigned* without its label (the argmax of
+GREmLN's kNN type posterior, see `grn_jax.inference.graph_sources`).
 """
 
 from __future__ import annotations
@@ -172,6 +179,19 @@ class CellSpecificGRNs:
         i = int(np.searchsorted(t.cells, cell))
         return t.regulons.names[t.active_CxR[i]]
 
+    def thresholds_record(self) -> dict:
+        """What new cells need to be scored like the training cells (JSON-able): per type, the regulon names,
+        sizes, thresholds, modes and fit group, plus the AUCell parameters and the gene universe."""
+        p = self.report.get("params", {})
+        return {
+            "version": 1, "top_fraction": float(p.get("top_fraction", 0.05)),
+            "min_regulon_size": int(p.get("min_regulon_size", 2)), "n_genes": int(len(self.gene_names)),
+            "gene_names_sha256": _names_digest(self.gene_names),
+            "types": {t: {"regulons": g.regulons.names.tolist(), "sizes": g.regulons.sizes.tolist(),
+                          "threshold": [float(x) for x in g.threshold_R], "mode": [str(m) for m in g.mode_R],
+                          "fitted_on": g.fitted_on} for t, g in self.types.items()},
+        }
+
     def cell_network(self, cell: int) -> GeneNetwork:
         """The cell's GRN over all genes: its type's edges whose regulator is active in it."""
         ctype = str(self.cell_types[cell])
@@ -238,6 +258,56 @@ def fit_cell_specific_grns(
                             report=report)
 
 
+def _names_digest(names) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(str(g) for g in names).encode()).hexdigest()
+
+
+def apply_thresholds(x_NxG, gene_names: Sequence[str], networks: Mapping[str, GeneNetwork], record: dict,
+                     cell_types: Sequence) -> CellSpecificGRNs:
+    """Active regulons of new cells against training's thresholds (`thresholds_record`); nothing is refitted.
+
+    x_NxG: the new cells over the training gene universe (`gene_names`, checked against
+    the record); networks: the training networks by type (regulons are rebuilt from
+    them and must match the record's names and sizes); cell_types: the type whose
+    thresholds each cell is scored with (assigned without the cell's label).
+    A regulon is active when the cell's AUC is strictly above its threshold.
+    """
+    gene_names = np.asarray([str(g) for g in gene_names])
+    if len(gene_names) != record["n_genes"] or _names_digest(gene_names) != record["gene_names_sha256"]:
+        raise ValueError(f"cell-specific thresholds were fitted over {record['n_genes']} other genes than the "
+                         f"{len(gene_names)} given; score new cells over the training gene universe (the vocabulary)")
+    if x_NxG.shape[1] != len(gene_names):
+        raise ValueError(f"expression has {x_NxG.shape[1]} genes but {len(gene_names)} gene_names were given")
+    labels = np.asarray(cell_types).astype(str)
+    if len(labels) != x_NxG.shape[0]:
+        raise ValueError(f"cell_types has {len(labels)} entries for {x_NxG.shape[0]} cells")
+    unknown = sorted(set(labels) - set(record["types"]))
+    if unknown:
+        raise ValueError(f"cells assigned to types {unknown[:5]} that have no fitted thresholds (fitted: "
+                         f"{sorted(record['types'])[:10]})")
+    x_csr = sp.csr_matrix(x_NxG) if sp.issparse(x_NxG) else np.asarray(x_NxG)
+    types, nets = {}, {}
+    for t in sorted(set(labels)):  # loop over assigned types; vectorised over their cells and regulons
+        rec = record["types"][t]
+        if t not in networks:
+            raise ValueError(f"no network for cell type {t!r}; pass the networks the checkpoint was trained with")
+        regs = regulons_from_network(networks[t], gene_names, min_size=record["min_regulon_size"])
+        if regs.names.tolist() != rec["regulons"] or regs.sizes.tolist() != rec["sizes"]:
+            raise ValueError(f"cell type {t!r}: the network's regulons ({len(regs.names)}) differ from those the "
+                             f"thresholds were fitted for ({len(rec['regulons'])}); pass the training networks")
+        cells = np.flatnonzero(labels == t)
+        auc = aucell(x_csr[cells], regs, top_fraction=record["top_fraction"])
+        thr = np.asarray(rec["threshold"], np.float64)
+        types[t] = TypeGRN(regs, thr, np.asarray(rec["mode"]), cells, auc, auc > thr[None, :], rec["fitted_on"])
+        nets[t] = networks[t]
+    report = {"n_cells": int(len(labels)), "assigned_types": {t: int(len(g.cells)) for t, g in types.items()},
+              "mean_active_regulons_per_cell": {t: float(g.active_CxR.sum(axis=1).mean()) for t, g in types.items()},
+              "params": {"top_fraction": record["top_fraction"], "min_regulon_size": record["min_regulon_size"]}}
+    return CellSpecificGRNs(networks=nets, types=types, cell_types=labels, gene_names=gene_names, report=report)
+
+
 class CellSpecificNetworkSource:
     """`GraphSource` (grn_jax.data.graph_source) of cell-specific GRNs, for `TokenBatch.cell_graph`.
 
@@ -258,6 +328,8 @@ class CellSpecificNetworkSource:
         self._types = sorted(grns.types)
         self._nets, self._reg_of_edge = [], []
         self.report = {"networks": {}, "edges_without_regulon": {}}
+        if "params" in grns.report and "types" in grns.report:  # fitted here (not `apply_thresholds`)
+            self.report["thresholds"] = grns.thresholds_record()
         for t in self._types:
             net = _index_network(grns.networks[t], index, self.num_genes, t)
             regs = grns.types[t].regulons.names
@@ -345,18 +417,30 @@ def cell_specific_factory(networks, cell_type_column: Optional[str] = None, *, c
     """A `(vocab, counts) -> GraphSource` factory for `grn_jax.data.prepare(cell_graph=...)`.
 
     Reads the opened counts (a `grn_jax.data.ingest.CountsSource`) chunk by chunk into
-    one CSR matrix, fits the cell-specific GRNs on every row (QC happens later, in the
-    pipeline, and only decides which rows are queried) and indexes them by the vocabulary.
+    one CSR matrix over the vocabulary's genes (the gene universe new cells are scored
+    over at inference, `apply_thresholds`), fits the cell-specific GRNs on every row
+    (QC happens later, in the pipeline, and only decides which rows are queried) and
+    indexes them by the vocabulary; the source's report carries the thresholds.
     """
     def build(vocab, counts) -> CellSpecificNetworkSource:
-        x = sp.vstack([block for _, block in counts.chunks(chunk_cells)], format="csr")
+        x = sp.vstack([vocab_gene_columns(block, vocab, counts.gene_names) for _, block in counts.chunks(chunk_cells)],
+                      format="csr")
         labels = None
         if cell_type_column is not None:
             if cell_type_column not in counts.obs.columns:
                 raise ValueError(f"cell_type_column={cell_type_column!r} is not an obs column "
                                  f"(columns: {list(counts.obs.columns)[:20]})")
             labels = np.asarray(counts.obs[cell_type_column]).astype(str)
-        grns = fit_cell_specific_grns(x, counts.gene_names, networks, labels, **fit_kwargs)
+        grns = fit_cell_specific_grns(x, vocab.genes, networks, labels, **fit_kwargs)
         return CellSpecificNetworkSource(grns, vocab.tokens)
 
     return build
+
+
+def vocab_gene_columns(block, vocab, gene_names: Sequence[str]) -> sp.csr_matrix:
+    """A CSR block re-indexed to the vocabulary's genes (`vocab.genes` order; specials and unknown genes dropped)."""
+    from grn_jax.data.pipeline import _to_vocab_columns
+    from grn_jax.types import GENE_SPECIAL_TOKENS
+
+    ids = vocab.lookup(list(gene_names))
+    return _to_vocab_columns(sp.csr_matrix(block), ids, len(vocab))[:, len(GENE_SPECIAL_TOKENS):].tocsr()

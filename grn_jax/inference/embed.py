@@ -15,6 +15,11 @@ shape. Writes, under fixed keys:
     uns["grn_jax_embed"]    provenance: checkpoint hash and step, model config, tokenisation,
                             graph, gene and cell reports (JSON strings)
 
+Hybrid checkpoints (cell-type + cell-specific graphs) get each new cell's
+cell-specific graph from its AUCell scores against the thresholds fitted in
+training, with the type chosen without its label
+(`grn_jax.inference.graph_sources.build_cell_graph_source`).
+
 A cell with no vocabulary gene has nothing to embed: its rows are NaN, and it is
 counted and reported. Genes unknown to the vocabulary are skipped with a warning
 that gives their number. The embeddings do not depend on the batch size.
@@ -37,7 +42,8 @@ from grn_jax.data.ingest import open_counts
 from grn_jax.data.validate import check_gene_names
 from grn_jax.inference.checkpoint import Pretrained
 from grn_jax.inference.export import load_model
-from grn_jax.inference.graph_sources import GraphSpec, build_graph_source, check_graph_matches_training
+from grn_jax.inference.graph_sources import (GraphSpec, build_cell_graph_source, build_graph_source,
+                                             check_graph_matches_training)
 from grn_jax.inference.model_fn import batch_arrays, call_rows, gene_embedding_table, jitted_inference_fn
 from grn_jax.inference.tokens import TrainingTokenizer
 from grn_jax.inference.writers import H5adWriter, MemoryWriter
@@ -145,9 +151,6 @@ def embed(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, annda
     pre = checkpoint if isinstance(checkpoint, Pretrained) else load_model(checkpoint, step=step)
     tok = TrainingTokenizer.from_record(pre.tokenization, pre.vocab)
     check_graph_matches_training(graph, pre.tokenization.get("graph"), f"checkpoint {pre.run_dir}")
-    if tok.with_cell_graph:
-        raise ValueError(f"checkpoint {pre.run_dir} was trained with cell-specific graphs (GRNFormer's second "
-                         "scale); embed does not build those for new cells yet")
     ingest = tok.ingest_config(layer=layer, use_raw=use_raw, gene_column=gene_column,
                                normalized_input=normalized_input, backed=None if in_memory else True,
                                cell_type_column=None)
@@ -160,9 +163,14 @@ def embed(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, annda
         col_ids, gene_report = tok.column_map(src)
         _warn_unknown_genes(gene_report, log)
         gsrc, graph_report = build_graph_source(graph, pre.vocab, src, chunk_cells, log=log)
+        csrc = None
+        if tok.with_cell_graph:  # hybrid checkpoint: AUCell of each new cell against training's thresholds
+            csrc, cell_report = build_cell_graph_source(graph, pre.tokenization.get("cell_graph"), pre.vocab, src,
+                                                        chunk_cells, gsrc, log=log)
+            graph_report = {**graph_report, "cell_graph": cell_report}
 
         cfg = pre.model_config
-        fn = jitted_inference_fn(cfg, False)
+        fn = jitted_inference_fn(cfg, tok.with_cell_graph)
         writer = MemoryWriter(data) if in_memory else H5adWriter(data, out, overwrite=overwrite)
         d = cfg.d_model
         writer.create("obsm", CLS_KEY, (src.n_cells, d))
@@ -172,13 +180,13 @@ def embed(checkpoint: Union[str, Path, Pretrained], data: Union[str, Path, annda
         n_empty, empty_examples = 0, []
         bar = progress_bar(src.n_cells, progress)
         for start, block in src.chunks(chunk_cells):
-            t = tok.tokenize(block, start, col_ids, src, ingest=ingest, graph_source=gsrc)
+            t = tok.tokenize(block, start, col_ids, src, ingest=ingest, graph_source=gsrc, cell_graph_source=csrc)
             for k, v in t.counts.items():
                 counts[k] = counts.get(k, 0) + v
             cls_NxD = np.full((t.num_cells, d), np.nan, np.float32)
             mean_NxD = np.full((t.num_cells, d), np.nan, np.float32)
             for batch, pos in tok.batches(t, call_rows(batch_size)):
-                cls, mean, hidden = jax.device_get(fn(pre.params, *batch_arrays(batch.tokens, False)))
+                cls, mean, hidden = jax.device_get(fn(pre.params, *batch_arrays(batch.tokens, tok.with_cell_graph)))
                 k = len(pos)
                 cls_NxD[pos], mean_NxD[pos] = cls[:k], mean[:k]
                 ctx.add(batch.tokens.gene_ids[:k], batch.tokens.token_mask[:k], hidden[:k])

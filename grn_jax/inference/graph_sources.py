@@ -140,3 +140,62 @@ def _integrated_source(spec: GraphSpec, nets: dict, labels, vocab: GeneVocab, sr
     log(f"graph: kNN integration over {len(excl.types)} cell-type networks, {len(ref_labels)} reference cells, "
         f"mean max posterior {report['mean_max_posterior']:.3f}")
     return IntegratedNetworkSource(excl, posterior, vocab.tokens, alpha=spec.alpha, report=report), report
+
+
+def build_cell_graph_source(spec: GraphSpec, record, vocab: GeneVocab, src: CountsSource, chunk_cells: int,
+                            graph_source: Optional[GraphSource], *, log: Callable[[str], None] = print
+                            ) -> tuple[GraphSource, dict]:
+    """Cell-specific graphs (GRNFormer's second scale) for new cells, from the thresholds fitted in training.
+
+    record: the checkpoint's `tokenization["cell_graph"]` (the prepared shards' cell-graph
+    report, which carries `thresholds`). Each new cell is scored with AUCell over the
+    vocabulary genes and compared with the thresholds of the type it is assigned
+    *without its label*: with kNN graph integration (`reference`), the type of largest
+    kNN posterior (ties: the first type in sorted order); with `cell_type_column`, the
+    declared column (the same column that picks its cell-type network; `eval` refuses
+    it as a label leak); thresholds fitted on one pooled group apply to every cell.
+    The networks are the training ones (`networks_dir`, or `network` for a pooled fit).
+    """
+    from grn_jax.graphs.cell_specific import POOLED, CellSpecificNetworkSource, apply_thresholds, vocab_gene_columns
+    from grn_jax.graphs.integration import IntegratedNetworkSource
+
+    rec = (record or {}).get("thresholds") if isinstance(record, dict) else None
+    if not rec:
+        raise ValueError("the checkpoint uses cell-specific graphs but its tokenisation record has no fitted "
+                         "thresholds (shards prepared before they were saved); re-run `grn-jax prepare` and pretrain")
+    fitted = sorted(rec["types"])
+    if spec.network:
+        from grn_jax.graphs.network_io import read_network
+
+        net = read_network(spec.network)
+        nets = {t: net for t in fitted}
+    elif spec.networks_dir:
+        from grn_jax.graphs.network_dir import read_cell_type_networks
+
+        nets, _ = read_cell_type_networks(spec.networks_dir)
+    else:
+        raise ValueError("cell-specific graphs need the training networks; pass --network or --networks-dir")
+    if fitted == [POOLED]:
+        types = np.full(src.n_cells, POOLED)
+        how = "one pooled fit"
+    elif spec.cell_type_column:
+        types = np.asarray(src.obs[spec.cell_type_column]).astype(str)
+        how = f"declared column {spec.cell_type_column!r}"
+    elif isinstance(graph_source, IntegratedNetworkSource):
+        post = graph_source.posterior
+        types = np.asarray(graph_source.exclusion.types).astype(str)[np.argmax(post, axis=1)]
+        how = "kNN integration's most probable type"
+    else:
+        raise ValueError(f"the checkpoint's cell-specific thresholds are per cell type ({fitted[:5]}); a new cell's "
+                         "type must be predicted without its label: pass --networks-dir with --reference (kNN "
+                         "graph integration)")
+    genes = list(vocab.genes)
+    parts = [vocab_gene_columns(block, vocab, src.gene_names) for _, block in src.chunks(chunk_cells)]
+    import scipy.sparse as sp
+
+    x = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, len(genes)))
+    grns = apply_thresholds(x, genes, nets, rec, types)
+    report = {"kind": "cell-specific (AUCell against training thresholds)", "type_assignment": how, **grns.report}
+    log(f"cell graph: AUCell of {src.n_cells} cells against training thresholds; types by {how}: "
+        f"{grns.report['assigned_types']}")
+    return CellSpecificNetworkSource(grns, vocab.tokens), report

@@ -20,8 +20,9 @@ pre-LN backbone `h_expr` is the un-normalised residual stream, so the queries
 see `LayerNorm(h_expr)`; with post-LN it is already normalised and used as is.
 
 In training (`deterministic=False`) with `adapter.perturb_alpha > 0`, both
-graphs get edge perturbation from `grn_jax.graphs.coexpression` (co-expression
-pairs, or uniformly random pairs for the ablation: `adapter.perturb_mode`)
+graphs get edge perturbation from `grn_jax.graphs.coexpression` (pairs from the
+dataset's co-expression partner table, `batch.coexpr_graph`, or uniformly random
+pairs for the ablation: `adapter.perturb_mode`)
 (rng stream 'perturb'), and GraphSAGE draws fresh neighbour samples (rng
 stream 'sample'). At inference the sample is a fixed function of the cell's
 genes and graph (`adapter.inference_sample_seed`).
@@ -48,16 +49,26 @@ def perturb_graph(key, graph: GraphBatch, batch: TokenBatch, cfg: ModelConfig) -
 
     Expressed genes are read from the *visible* bins (1..n_bins-1; MASK does not
     count), as Algorithm 1 builds G_co from the masked input x: reading the true
-    bins of masked positions would leak the MLM targets into the graph.
+    bins of masked positions would leak the MLM targets into the graph. Co-expression
+    pairs come from the batch's dataset partner pairs (`batch.coexpr_graph`); a batch
+    without them (shards prepared before the partner table existed) falls back to
+    eq. 3, with a warning at trace time.
     """
+    import warnings  # noqa: PLC0415
+
     from grn_jax.graphs.coexpression import perturb_edges  # noqa: PLC0415
 
     bins_BxS = jnp.asarray(batch.bins)
     s = bins_BxS.shape[1]
     expressed_BxS = (jnp.asarray(batch.token_mask, bool) & (jnp.arange(s) >= 1)[None, :]
                      & (bins_BxS >= 1) & (bins_BxS < cfg.n_bins))
+    partners = getattr(batch, "coexpr_graph", None)
+    if cfg.adapter.perturb_mode == "coexpression" and partners is None:
+        warnings.warn("co-expression edge perturbation: the batch has no dataset co-expression partners "
+                      "(coexpr_graph; re-run `grn-jax prepare` to add them), so pairs are any two expressed "
+                      "tokens (eq. 3), nearly the random ablation", UserWarning, stacklevel=2)
     return perturb_edges(key, graph, jnp.asarray(batch.token_mask, bool), expressed_BxS,
-                         alpha=cfg.adapter.perturb_alpha, mode=cfg.adapter.perturb_mode)
+                         alpha=cfg.adapter.perturb_alpha, mode=cfg.adapter.perturb_mode, partners=partners)
 
 
 class StructureAdapter(nn.Module):

@@ -67,10 +67,11 @@ def importance_fn(model_config) -> Callable:
         raise ValueError("attention analysis needs materialised weights; use attention_impl='xla' "
                          f"(the checkpoint uses {model_config.attention_impl!r})")
 
-    def fn(params, gene_ids, bins, token_mask, senders, receivers, weights, edge_mask):
-        zeros = jnp.zeros(gene_ids.shape, jnp.int32)
+    def fn(params, gene_ids, bins, token_mask, senders, receivers, weights, edge_mask, *cell_graph):
+        zeros = jnp.zeros(gene_ids.shape, jnp.int32)  # cell_graph: the 4 cell-graph arrays of a hybrid model
         tokens = TokenBatch(gene_ids=gene_ids, bins=bins, targets=zeros, loss_mask=zeros.astype(bool),
-                            token_mask=token_mask, graph=GraphBatch(senders, receivers, weights, edge_mask))
+                            token_mask=token_mask, graph=GraphBatch(senders, receivers, weights, edge_mask),
+                            cell_graph=GraphBatch(*cell_graph) if cell_graph else None)
         _, state = model.apply({"params": params}, tokens, deterministic=True, mutable=["intermediates"])
         return importance(read_attention(state["intermediates"], has_adapter), token_mask)
 
@@ -90,22 +91,25 @@ def gene_importance(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec
 
     tok = TrainingTokenizer.from_record(pre.tokenization, pre.vocab)
     check_graph_matches_training(graph, pre.tokenization.get("graph"), f"checkpoint {pre.run_dir}")
-    if tok.with_cell_graph:
-        raise ValueError(f"checkpoint {pre.run_dir} uses cell-specific graphs; the attention read-out does not "
-                         "build them for new cells yet")
     fn = importance_fn(pre.model_config)
     ingest = tok.ingest_config(backed=False, cell_type_column=None)
     src = open_counts(adata, ingest)
     col_ids, _ = tok.column_map(src)
     gsrc, _ = build_graph_source(graph, pre.vocab, src, 4096, log=lambda m: None)
+    csrc = None
+    if tok.with_cell_graph:  # hybrid checkpoint: training's thresholds, type chosen without the label
+        from grn_jax.inference.graph_sources import build_cell_graph_source
+
+        csrc, _ = build_cell_graph_source(graph, pre.tokenization.get("cell_graph"), pre.vocab, src, 4096, gsrc,
+                                          log=lambda m: None)
     v = len(pre.vocab)
     phi_sum, n_tok, deg_sum = np.zeros(v), np.zeros(v, np.int64), np.zeros(v)
     empty = 0
     for start, block in src.chunks(4096):
-        t = tok.tokenize(block, start, col_ids, src, ingest=ingest, graph_source=gsrc)
+        t = tok.tokenize(block, start, col_ids, src, ingest=ingest, graph_source=gsrc, cell_graph_source=csrc)
         empty += int((t.lengths == 0).sum())
         for batch, pos in tok.batches(t, batch_size):
-            phi = np.asarray(jax.device_get(fn(pre.params, *batch_arrays(batch.tokens, False))), np.float64)
+            phi = np.asarray(jax.device_get(fn(pre.params, *batch_arrays(batch.tokens, tok.with_cell_graph))), np.float64)
             k = len(pos)
             ids, mask = np.asarray(batch.tokens.gene_ids[:k]), np.asarray(batch.tokens.token_mask[:k]).copy()
             mask[:, 0] = False
