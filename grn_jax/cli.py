@@ -234,6 +234,9 @@ def _add_grn(sub) -> None:
     q.add_argument("--fdr", type=float, default=0.05,
                    help="FDR: spearman, over all (regulator, gene) pairs; aracne, of the bootstrap consensus")
     q.add_argument("--no-dpi", action="store_true", help="skip the data processing inequality")
+    q.add_argument("--min-edges-per-regulator", type=int, default=3,
+                   help="pcor/spearman: a regulator with fewer edges after FDR + DPI keeps its strongest other "
+                        "targets at p <= 0.05 up to this many (small cell types; 0 = off)")
     q.add_argument("--max-cells", type=int, default=None, help="subsample each run to this many cells")
     q.add_argument("--min-cells", type=int, default=50, help="cell types below this get --fallback")
     q.add_argument("--min-gene-fraction", type=float, default=0.01,
@@ -256,6 +259,7 @@ def _add_grn(sub) -> None:
         cfg = AracneConfig(estimator=args.estimator, mi_pvalue=args.mi_pvalue,
                            n_bootstraps=20 if args.bootstraps is None else args.bootstraps,
                            fdr=args.fdr, dpi=not args.no_dpi, max_cells=args.max_cells, seed=args.seed,
+                           min_edges_per_regulator=args.min_edges_per_regulator,
                            progress=True)
         res = infer_networks_to_dir(args.data, args.out, cell_type_key=args.cell_type_key,
                                     method=args.method, all_cells=args.all_cells,

@@ -25,6 +25,11 @@ ranking itself the network, in one pass over the cells:
    Gaussian-equivalent MI -0.5 log(1 - rho^2) (monotone in |rho|); max/min only,
    so it is exact too.
 
+4. A floor on the network size (`AracneConfig.min_edges_per_regulator`, default 3):
+   a regulator left with fewer edges keeps its strongest other targets at nominal
+   p <= 0.05 (`top_up_edges`; pairs DPI removed stay out), weighted below every
+   FDR edge. BH over R x G pairs keeps almost nothing in small cell types.
+
 The `mi` column holds that MI equivalent (nats, the edge weight) and `pvalue` the
 raw t-test p-value; like ARACNe's MI, the weight carries no sign (params count
 the negatively correlated edges).
@@ -183,6 +188,27 @@ def _limited_order_pcor(rho_RxG: np.ndarray, reg_idx: np.ndarray, k: int, ridge:
 
 
 RANK_METHODS = ("spearman", "pcor")
+TOP_UP_PVALUE = 0.05  # nominal level a topped-up edge still has to reach
+
+
+def top_up_edges(keep_RxG: np.ndarray, rho_RxG: np.ndarray, p_RxG: np.ndarray, cand_RxG: np.ndarray,
+                 m: int) -> np.ndarray:
+    """Edges [R, G] to add so that every regulator has >= m: its strongest other candidates by |rho| (ties
+    by gene index) with nominal p <= TOP_UP_PVALUE (the caller leaves out pairs DPI removed). Why: BH over R x G pairs keeps almost nothing in a
+    small cell type (microglia on Zeisel: 2 edges for 300 regulators), and a graph model needs edges;
+    these are the regulator's best guesses, weighted (and ranked) below every edge that passed."""
+    add = np.zeros_like(keep_RxG)
+    need_R = m - keep_RxG.sum(axis=1)
+    rows = np.flatnonzero(need_R > 0)
+    if m <= 0 or rows.size == 0:
+        return add
+    ok = cand_RxG[rows] & ~keep_RxG[rows] & (p_RxG[rows] <= TOP_UP_PVALUE) & (rho_RxG[rows] != 0)
+    strength = np.where(ok, np.abs(rho_RxG[rows]), -1.0)
+    order = np.argsort(-strength, axis=1, kind="stable")[:, :m]
+    take = np.arange(m)[None, :] < need_R[rows, None]
+    take &= np.take_along_axis(strength, order, axis=1) >= 0
+    add[np.repeat(rows, m)[take.ravel()], order.ravel()[take.ravel()]] = True
+    return add
 
 
 def infer_rank_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[str],
@@ -191,7 +217,8 @@ def infer_rank_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequ
     """Partial Spearman (method="pcor", default) or |Spearman| network of one group of cells: BH at `config.fdr`,
     then DPI if `config.dpi`.
 
-    Uses `config.fdr`, `dpi`, `dpi_tolerance`, `max_cells` (a seeded subsample),
+    Uses `config.fdr`, `dpi`, `dpi_tolerance`, `min_edges_per_regulator` (`top_up_edges`),
+    `max_cells` (a seeded subsample),
     `min_informative_cells`, `block` (gene chunk) and `seed`; the MI estimator,
     null and bootstrap settings belong to `aracne.infer_network` and are not used.
     Raises EmptyNetworkError when no pair passes.
@@ -224,11 +251,16 @@ def infer_rank_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequ
     passed = cand_RxG & (q <= cfg.fdr) & (rho_RxG != 0)
     mi_RxG = np.where(passed, mi_lib.gaussian_mi_closed_form(np.clip(rho_RxG, -1 + 1e-12, 1 - 1e-12)), 0.0)
     n_passed = int(passed.sum())
-    if n_passed == 0:
+    keep = aracne.dpi_prune(mi_RxG, reg_idx, cfg.dpi_tolerance) & passed if cfg.dpi and n_passed else passed
+    n_fdr_dpi = int(keep.sum())
+    topped = top_up_edges(keep, rho_RxG, p_RxG, cand_RxG & ~passed, cfg.min_edges_per_regulator)
+    keep = keep | topped
+    if not keep.any():
         raise aracne.EmptyNetworkError(
             f"{label}: no (regulator, gene) pair has a {method} correlation significant at FDR {cfg.fdr} "
-            f"({n} cells, {reg_idx.size} regulators, {len(genes)} genes); use more cells or a larger fdr")
-    keep = aracne.dpi_prune(mi_RxG, reg_idx, cfg.dpi_tolerance) & passed if cfg.dpi else passed
+            f"({n} cells, {reg_idx.size} regulators, {len(genes)} genes), nor at p <= {TOP_UP_PVALUE} for "
+            f"min_edges_per_regulator={cfg.min_edges_per_regulator}; use more cells or a larger fdr")
+    mi_RxG = np.where(keep, mi_lib.gaussian_mi_closed_form(np.clip(rho_RxG, -1 + 1e-12, 1 - 1e-12)), 0.0)
     r_i, g_i = np.nonzero(keep)
     order = np.lexsort((g_i, -mi_RxG[r_i, g_i], r_i))  # per regulator, strongest first; ties by gene index
     r_i, g_i = r_i[order], g_i[order]
@@ -239,8 +271,10 @@ def infer_rank_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequ
         "max_cells": cfg.max_cells, "min_informative_cells": cfg.min_informative_cells, "seed": cfg.seed,
         "name": name, "n_cells": int(n_all), "n_cells_used": int(n), "n_genes": len(genes),
         "n_regulators": int(reg_idx.size), "n_regulators_missing": len(missing),
-        "regulators_missing_first": missing[:20], "edges_passing_fdr": n_passed, "n_edges": int(r_i.size),
-        "min_abs_rho_passing": float(np.abs(rho_RxG[passed]).min()),
+        "regulators_missing_first": missing[:20], "edges_passing_fdr": n_passed, "edges_after_fdr_dpi": n_fdr_dpi,
+        "min_edges_per_regulator": cfg.min_edges_per_regulator, "edges_topped_up": int(topped.sum()),
+        "n_edges": int(r_i.size),
+        "min_abs_rho_passing": float(np.abs(rho_RxG[passed]).min()) if n_passed else None,
         "n_negative_edges": int((rho_kept < 0).sum()),
         "weight": "-0.5 log(1 - rho^2) (Gaussian-equivalent MI, nats)",
         "seconds": round(time.perf_counter() - t0, 3),

@@ -5,7 +5,7 @@ import pytest
 from scipy import special, stats
 
 from grn_jax.graphs import mutual_info as mi
-from grn_jax.testing import assert_allclose
+from grn_jax.testing import assert_allclose, tolerance
 
 
 def _gaussian_pairs(rng, n, p, rho):
@@ -139,3 +139,21 @@ def test_midranks_match_scipy_on_sparse_tied_and_signed_data():
              np.zeros((6, 2)), np.ones((6, 2))]
     for x in cases:
         assert_allclose(mi.rank_transform(x), stats.rankdata(x, axis=0) - 1.0, np.float64)
+
+
+@pytest.mark.parametrize("n", [8, 13, 100, 257])
+def test_adaptive_histogram_path_matches_point_by_point_reference(n):
+    """The histogram top levels + resumed deep trees give the values of the point-by-point recursion."""
+    rng = np.random.default_rng(n)
+    z = rng.standard_normal((n, 12))
+    w = 0.8 * z + rng.standard_normal((n, 12)) * np.linspace(0.05, 3.0, 12)  # deep (dependent) to shallow trees
+    xr, yr = mi.rank_transform(z, ties="random", rng=rng), mi.rank_transform(w, ties="random", rng=rng)
+    ref = mi._ap_chunk(xr, yr, mi.CHI2_3DOF_P05)
+    tol = tolerance(np.float64)
+    np.testing.assert_allclose(mi.adaptive_partition_mi(xr, yr), ref, rtol=tol.rtol, atol=tol.atol)
+    grid = mi.adaptive_partition_mi_grid(xr, yr, max_points=5 * n)  # small chunks: several gene and deep chunks
+    np.testing.assert_allclose(np.diag(grid), ref, rtol=tol.rtol, atol=tol.atol)
+    i, j = 3, 7
+    np.testing.assert_allclose(grid[i, j], mi._ap_chunk(xr[:, [i]], yr[:, [j]], mi.CHI2_3DOF_P05)[0],
+                               rtol=tol.rtol, atol=tol.atol)
+    assert np.array_equal(grid, mi.adaptive_partition_mi_grid(xr, yr))  # chunking never changes the bits

@@ -282,3 +282,33 @@ def test_default_is_pcor_and_it_removes_confounding_by_pooled_cell_types():
     assert ap_pc > 1.2 * ap_sp, (ap_pc, ap_sp)
     net = infer_rank_network(x[:, keep], genes, tfs)
     assert net.params["method"] == "pcor" and net.params["n_conditioned"] == min(10, len(tfs) - 1)
+
+
+def _small_type(n_cells):
+    s = simulate(n_cells=n_cells, n_genes=80, n_cell_types=1, knockouts=0, seed=3, mean_library_size=300)
+    x = np.log1p(s.adata.X.toarray() / s.adata.X.sum(axis=1).A * 1e4)
+    ok = ~aracne.mi_lib.constant_columns(x, 5)
+    genes = list(s.adata.var_names[ok])
+    return x[:, ok], genes, [g for g in s.adata.var_names[s.adata.var.is_tf] if g in set(genes)]
+
+
+def test_min_edges_per_regulator_tops_up_small_types_below_the_fdr_edges():
+    x, genes, tfs = _small_type(200)
+    plain = infer_rank_network(x, genes, tfs, aracne.AracneConfig(min_edges_per_regulator=0))
+    net = infer_rank_network(x, genes, tfs, aracne.AracneConfig(min_edges_per_regulator=4))
+    p = net.params
+    assert p["edges_after_fdr_dpi"] == plain.num_edges and p["edges_topped_up"] == net.num_edges - plain.num_edges > 0
+    assert set(zip(plain.regulator, plain.target)) <= set(zip(net.regulator, net.target))
+    # (a regulator can stay below 4 when its other genes have p > 0.05 or were removed by DPI)
+    assert (pd.Series(net.regulator).value_counts().reindex(tfs, fill_value=0) >= 4).mean() >= 0.75
+    added = ~pd.Series(list(zip(net.regulator, net.target))).isin(set(zip(plain.regulator, plain.target))).to_numpy()
+    assert net.mi[added].max() <= plain.mi.min() and (net.pvalue[added] <= 0.05).all()
+    # Nothing at FDR 0.05 in 60 cells: without the rule an empty-network error (-> pooled fallback), with it
+    # every regulator's best guesses.
+    x, genes, tfs = _small_type(60)
+    with pytest.raises(aracne.EmptyNetworkError, match="min_edges_per_regulator=0"):
+        infer_rank_network(x, genes, tfs, aracne.AracneConfig(min_edges_per_regulator=0))
+    small = infer_rank_network(x, genes, tfs, aracne.AracneConfig())
+    assert small.params["edges_after_fdr_dpi"] == 0 and small.num_edges == small.params["edges_topped_up"] >= len(tfs)
+    with pytest.raises(ValueError, match="min_edges_per_regulator"):
+        aracne.AracneConfig(min_edges_per_regulator=-1)
