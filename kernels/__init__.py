@@ -7,6 +7,8 @@
 * `dispatch`: what `attention_impl="pallas"` runs from model-side inputs, or why it cannot.
 * `cpu_diffusion` (+ `cpu_diffusion.cc`, built by `native_build`): the fused C++ CPU
   Chebyshev diffusion behind `grn_jax.graphs.diffuse(impl="native")`, an XLA FFI call.
+* `sharding`: every kernel call runs under `shard_map` over the batch's mesh axes when a
+  batch-sharded mesh is in context, so each device computes only its own cells.
 
 Every kernel takes `interpret: bool` (True runs it through the Pallas
 interpreter on any backend, which is how CPU tests verify it) and a frozen

@@ -25,6 +25,10 @@ respect to Q is the same operator applied to the cotangent; `jax.custom_vjp`
 runs the fused kernel again for it. The graph (ELL) and the coefficients are
 data: they receive zero cotangents (differentiate the reference if you need
 them).
+
+Sharding: the pallas_call has no partitioning rule, so under a batch-sharded mesh
+it runs in `shard_map` (`kernels.sharding.over_batch`): each device's grid covers
+its own cells only.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from .ell import EllLaplacian
+from .sharding import over_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +209,14 @@ def _kernel(coef_ref, mask_ref, deg_ref, idx_ref, val_ref, q_ref, acc_ref, ta_re
 
 def _pallas_forward(q_BxSxC, indices, values, node_mask, degree, coeffs_K, block: ChebyshevBlocks,
                     interpret: bool):
+    """The fused kernel, per device over its own cells when a batch-sharded mesh is in context."""
+    local = functools.partial(_pallas_forward_local, block=block, interpret=interpret)
+    return over_batch(local, (q_BxSxC, indices, values, node_mask, degree, coeffs_K),
+                      (True, True, True, True, True, False), batch_size=q_BxSxC.shape[0])
+
+
+def _pallas_forward_local(q_BxSxC, indices, values, node_mask, degree, coeffs_K, *, block: ChebyshevBlocks,
+                          interpret: bool):
     b, s, c = q_BxSxC.shape
     width = indices.shape[-1]
     bc = _fit(block.block_cols, c, "block_cols", "C (query columns)")

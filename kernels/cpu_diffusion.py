@@ -11,6 +11,9 @@ Gradients (`custom_vjp`):
 * w.r.t. the Laplacian values: delegated to `reference_vjp_data` (the caller's pure-JAX
   COO expansion), so edge weights stay differentiable; under `jit` XLA removes that work
   whenever the values' cotangent is unused (fixed GRNs, the usual case).
+
+Under a batch-sharded mesh (`grn_jax.kernels.sharding`) each native call runs in
+`shard_map`, so every device diffuses only its own cells.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import native_build
+from .sharding import over_batch
 
 
 def tile_width(num_nodes: int, width: int, itemsize: int, cache_bytes: int = 1 << 20) -> int:
@@ -38,6 +42,12 @@ def tile_width(num_nodes: int, width: int, itemsize: int, cache_bytes: int = 1 <
 
 
 def _call(data, rows, cols, q, graph, passthrough, coeffs):
+    """The FFI call, per device over its own cells when a batch-sharded mesh is in context (`sharding`)."""
+    return over_batch(_local_call, (data, rows, cols, q, graph, passthrough, coeffs),
+                      (True, True, True, True, True, True, False), batch_size=q.shape[0])
+
+
+def _local_call(data, rows, cols, q, graph, passthrough, coeffs):
     if native_build.load() is None:
         raise RuntimeError(f"native CPU diffusion unavailable: {native_build.unavailable_reason()}")
     dtype = jnp.dtype(q.dtype).name

@@ -16,6 +16,10 @@ dK, dV per key tile), so it never materialises S x S either
 (`FlashBlocks(backward="xla")` runs the same algorithm as a `jnp` scan). The
 query gradient then flows through the fused diffusion kernel's own
 (symmetric) VJP.
+
+Sharding: every pallas_call (forward, dQ, dK/dV) runs under `shard_map` over the
+batch's mesh axes when a batch-sharded mesh is in context (`kernels.sharding`),
+so each device attends over its own cells only.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from jax.experimental import pallas as pl
 from .chebyshev_diffusion import (ChebyshevBlocks, _fit, chebyshev_diffusion,
                                   chebyshev_diffusion_reference)
 from .ell import EllLaplacian
+from .sharding import over_batch
 from .flash_backward import PRECISION as _PRECISION
 from .flash_backward import flash_backward_pallas, flash_backward_xla
 
@@ -131,6 +136,12 @@ def _flash_kernel(mask_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, seq_len, blo
 
 
 def _flash_forward(q, k, v, key_mask, block: FlashBlocks, interpret: bool, sm_scale: float):
+    """The flash kernel, per device over its own cells when a batch-sharded mesh is in context."""
+    local = functools.partial(_flash_forward_local, block=block, interpret=interpret, sm_scale=sm_scale)
+    return over_batch(local, (q, k, v, key_mask), (True,) * 4, batch_size=q.shape[0])
+
+
+def _flash_forward_local(q, k, v, key_mask, *, block: FlashBlocks, interpret: bool, sm_scale: float):
     b, s, h, d = q.shape
     bq = _fit(block.block_q, s, "block_q", "S")
     bk = _fit(block.block_k, s, "block_k", "S")

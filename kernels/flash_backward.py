@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from .chebyshev_diffusion import _fit
+from .sharding import over_batch
 
 # float32 inputs multiply in IEEE float32 (Triton's DEFAULT would be TF32, ~1e-3 relative error);
 # bfloat16 inputs use the tensor cores as they are.
@@ -68,7 +69,16 @@ def _dkv_kernel(mask_ref, k_ref, v_ref, q_ref, do_ref, lse_ref, delta_ref, dk_re
 
 
 def flash_backward_pallas(q, k, v, key_mask, d_out, lse_BxHxS, delta_BxHxS, block, interpret, sm_scale):
-    """Two Pallas kernels (dQ over query tiles; dK, dV over key tiles); O(S) memory."""
+    """Two Pallas kernels (dQ over query tiles; dK, dV over key tiles); O(S) memory.
+
+    Per device over its own cells when a batch-sharded mesh is in context (`kernels.sharding`).
+    """
+    local = functools.partial(_backward_local, block=block, interpret=interpret, sm_scale=sm_scale)
+    return over_batch(local, (q, k, v, key_mask, d_out, lse_BxHxS, delta_BxHxS), (True,) * 7,
+                      batch_size=q.shape[0])
+
+
+def _backward_local(q, k, v, key_mask, d_out, lse_BxHxS, delta_BxHxS, *, block, interpret, sm_scale):
     b, s, h, d = q.shape
     bq = _fit(block.block_q, s, "block_q", "S")
     bk = _fit(block.block_k, s, "block_k", "S")

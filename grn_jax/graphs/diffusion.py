@@ -25,8 +25,10 @@ Implementations (`impl`): "xla" is the pure-JAX recurrence above (every backend,
 sharding). "native" is the fused C++ kernel `grn_jax.kernels.cpu_diffusion` (an XLA FFI
 custom call, built on first use): same expansion and masks, but one pass over Q with the
 recurrence run tile by tile in L2 cache -- about 5x faster than "xla" on CPU
-(benchmarks/results/diffusion.md). "auto" takes "native" on a single-device CPU process
-when the kernel builds, else "xla" (the custom call is not partitioned across devices).
+(benchmarks/results/diffusion.md). "auto" takes "native" on CPU when the kernel builds and
+either the process has one device or a mesh in context shards the batch over all of its
+devices (`grn_jax.kernels.sharding`: the custom call then runs under `shard_map`, each
+device over its own cells); else "xla", which XLA partitions itself.
 Inside `portable_impl()` "auto" always takes "xla": code traced there (a `jax.export`
 artefact) must run on machines that do not have this process's compiled kernel.
 """
@@ -67,8 +69,11 @@ def portable_impl() -> Iterator[None]:
         _PORTABLE.reset(token)
 
 
-def resolve_impl(impl: str = "auto") -> str:
-    """"xla" or "native" for `diffuse(..., impl=impl)` in this process (see the module docstring).
+def resolve_impl(impl: str = "auto", *, batch_size: Optional[int] = None) -> str:
+    """"xla" or "native" for `diffuse(..., impl=impl)` here (see the module docstring).
+
+    `batch_size`: the batch to be diffused, when known; a mesh's batch axes that do not
+    divide it do not count as sharding it.
 
     Raises ValueError for an unknown name, or for "native" where the kernel cannot run
     (not a CPU backend, or it failed to build: the message says why).
@@ -92,7 +97,17 @@ def resolve_impl(impl: str = "auto") -> str:
         if reason is not None:
             raise ValueError(f"impl='native' cannot run here: {reason}; use impl='xla'")
         return impl
-    return "native" if reason is None and jax.device_count() == 1 else "xla"
+    return "native" if reason is None and _native_is_partitioned(batch_size) else "xla"
+
+
+def _native_is_partitioned(batch_size: Optional[int]) -> bool:
+    """One device, or a mesh in context whose batch axes give every device its own cells."""
+    if jax.device_count() == 1:
+        return True
+    from grn_jax.kernels.sharding import batch_shards  # noqa: PLC0415
+
+    shards, devices = batch_shards(batch_size)
+    return 1 < shards == devices
 
 
 def _coeff_array(plan_or_coeffs) -> jax.Array:
@@ -167,7 +182,7 @@ def diffuse(laplacian: sparse.BCOO, q_BxSxD: jax.Array,
     rows_BxN = laplacian.indices[..., 0]
     cols_BxN = laplacian.indices[..., 1]
     graph_BxS = node_mask_BxS.astype(bool) & ~passthrough_mask_BxS.astype(bool)
-    if resolve_impl(impl) == "native":
+    if resolve_impl(impl, batch_size=b) == "native":
         from grn_jax.kernels.cpu_diffusion import cpu_diffuse  # noqa: PLC0415
 
         out_BxSxD = cpu_diffuse(data_BxN, rows_BxN, cols_BxN, q_BxSxD.astype(acc_dtype), graph_BxS,
