@@ -65,10 +65,12 @@ def pad_batch_to(batch: CellBatch, seq_len: int, num_edges: int, pad_bin: int) -
         raise ValueError(f"cannot pad a batch of shape S={t.gene_ids.shape[1]}, E={t.graph.senders.shape[1]} "
                          f"down to S={seq_len}, E={num_edges}")
     pad = lambda x, v: np.pad(np.asarray(x), ((0, 0), (0, s_extra)), constant_values=v)  # noqa: E731
-    tokens = TokenBatch(gene_ids=pad(t.gene_ids, GENE_PAD), bins=pad(t.bins, pad_bin), targets=pad(t.targets, 0),
-                        loss_mask=pad(t.loss_mask, False), token_mask=pad(t.token_mask, False),
-                        graph=_pad_graph_to(t.graph, num_edges),
-                        cell_graph=None if t.cell_graph is None else _pad_graph_to(t.cell_graph, num_edges))
+    # t.replace keeps every field, including ones added later (the co-expression partner pairs)
+    tokens = t.replace(gene_ids=pad(t.gene_ids, GENE_PAD), bins=pad(t.bins, pad_bin), targets=pad(t.targets, 0),
+                       loss_mask=pad(t.loss_mask, False), token_mask=pad(t.token_mask, False),
+                       graph=_pad_graph_to(t.graph, num_edges),
+                       cell_graph=None if t.cell_graph is None else _pad_graph_to(t.cell_graph, num_edges),
+                       coexpr_graph=None if t.coexpr_graph is None else _pad_graph_to(t.coexpr_graph, num_edges))
     return batch.replace(tokens=tokens)
 
 
