@@ -90,7 +90,8 @@ class ProfileReport:
                 lines.append(f"MFU: {self.mfu:.2%} of {self.peak_flops_per_s:.4g} FLOP/s per device "
                              f"({self.peak_source})")
             else:
-                lines.append("MFU: no peak known for this device; pass peak_flops_per_s")
+                lines.append("MFU: no peak known for this device; state one (grn-jax profile --peak-tflops T, "
+                             "or peak_flops_per_s)")
         if self.xla_flops is not None:
             lines.append(f"cost_analysis: {self.xla_flops:.4g} FLOPs/step per device (counts each loop body once)")
         if self.bytes_accessed is not None:
