@@ -337,7 +337,7 @@ def _findings(rows) -> list:
             f"{mean(rk_pc, subset=single) / mean(sp, subset=single):.2f}x): conditioning on a regulator measured "
             "with Poisson noise removes little of the indirect correlation it carries. Disattenuating the "
             "correlations for that noise, shrinkage (GeneNet-style) partial correlation over all genes, CLR "
-            "z-scoring and kNN smoothing all ranked worse here (see the report of issue 17).",
+            "z-scoring and kNN smoothing all ranked worse here (one-off runs outside this benchmark, not reproduced by it; their figures are in the issue 17 closing note).",
             f"- Minimum of 3 edges per TF (on top of FDR + DPI): edges {mean(pc_min, 'edges'):.0f} vs "
             f"{mean(pc, 'edges'):.0f}, precision {mean(pc_min, 'precision'):.3f} vs {mean(pc, 'precision'):.3f}, "
             f"AUPR full {mean(pc_min, 'aupr_full'):.3f} vs {mean(pc, 'aupr_full'):.3f} (topped-up edges rank "
