@@ -83,8 +83,10 @@ def diffusion_context(batch: TokenBatch, impl: str = "xla") -> DiffusionContext:
     s = batch.gene_ids.shape[1]
     lap = normalized_laplacian(batch.graph, num_nodes=s)
     cls_BxS = jnp.broadcast_to((jnp.arange(s) == 0)[None, :], batch.token_mask.shape) & batch.token_mask
+    # the same choice `diffuse` will make for this batch (a mesh's batch axes that do not divide it do not count)
+    xla_path = impl != "pallas" and resolve_impl(batch_size=batch.gene_ids.shape[0]) == "xla"
     return DiffusionContext(laplacian=lap, node_mask_BxS=batch.token_mask.astype(bool),
-                            passthrough_mask_BxS=cls_BxS, packed=pack_laplacian(lap) if impl != "pallas" and resolve_impl() == "xla" else None)
+                            passthrough_mask_BxS=cls_BxS, packed=pack_laplacian(lap) if xla_path else None)
 
 
 class GREmLN(nn.Module):
