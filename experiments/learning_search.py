@@ -29,15 +29,16 @@ def row(out: Path) -> str:
         r = ann[name]["macro_f1"]
         return f"{r['mean']:.3f} ± {np.std(r['values']):.3f}"
 
-    return (f"| {out.name} | {m['d_model']} | {m['n_layers']} | {tok.get('max_genes', '?')} | {vocab} | "
+    head = m.get("cell_head_output", "bins (code before cell_head_output)") if m.get("cell_head", True) else "none"
+    return (f"| {out.name} | {m['d_model']} | {m['n_layers']} | {tok.get('max_genes', '?')} | {vocab} | {head} | "
             f"{t.get('cell_loss_weight', 0)} | {t['optim']['peak_lr']} | {summ['steps']} | {f('grn_jax')} | "
             f"{f('random_init')} | {f('pca_logreg')} |")
 
 
 def main(argv) -> int:
-    print("| run | d_model | layers | max_genes | vocabulary genes | cell_loss_weight | peak lr | steps | grn_jax "
-          "macro-F1 | random_init | PCA-50 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | d_model | layers | max_genes | vocabulary genes | cell head | cell_loss_weight | peak lr | steps | "
+          "grn_jax macro-F1 | random_init | PCA-50 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d in argv:
         print(row(Path(d)))
     return 0

@@ -75,7 +75,7 @@ class CellExpressionHead(nn.Module):
     vocab_size: int
     hidden_dim: int
     dtype: Any = jnp.float32
-    output: str = "bins"  # "bins" | "value" (ModelConfig.cell_head_output)
+    output: str = "value"  # "value" | "bins" (ModelConfig.cell_head_output)
 
     @nn.compact
     def __call__(self, cell_BxD):

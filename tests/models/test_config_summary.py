@@ -13,8 +13,10 @@ def _closed_form(cfg: ModelConfig) -> int:
     """Embeddings + per layer (q,k,v,out with biases; 2 LayerNorms; MLP) + final LN + bin head."""
     d, m, half = cfg.d_model, cfg.mlp_dim, cfg.d_model // 2
     per_layer = 4 * (d * d + d) + 2 * 2 * d + (d * m + m) + (m * d + d)
-    # the cell head: cell_proj (d -> d), a d-wide query and bias per vocabulary gene, decoder (d -> n_bins)
-    cell_head = (d * d + d) + 2 * cfg.gene_vocab_size * d + (d * cfg.n_bins + cfg.n_bins) if cfg.cell_head else 0
+    # the cell head: cell_proj (d -> d), a d-wide query and bias per vocabulary gene, decoder (d -> n_bins,
+    # or d -> 1 for the value head)
+    out = cfg.n_bins if cfg.cell_head_output == "bins" else 1
+    cell_head = (d * d + d) + 2 * cfg.gene_vocab_size * d + (d * out + out) if cfg.cell_head else 0
     return (cfg.gene_vocab_size * half + (cfg.n_bins + 3) * half + cfg.n_layers * per_layer
             + (2 * d if cfg.norm == "pre" else 0) + d * cfg.n_bins + cfg.n_bins + cell_head)
 
@@ -30,8 +32,8 @@ def test_gremln_base_parameter_count_matches_closed_form():
 
 
 def test_post_ln_and_vanilla_counts():
-    for cfg in (tiny(norm="post"), tiny(attention="vanilla"), tiny(n_layers=3, attention=("vanilla", "diffusion",
-                                                                                          "diffusion"))):
+    for cfg in (tiny(norm="post"), tiny(attention="vanilla"), tiny(cell_head_output="bins"),
+                tiny(n_layers=3, attention=("vanilla", "diffusion", "diffusion"))):
         assert model_summary(cfg).total == _closed_form(cfg)
 
 

@@ -68,22 +68,23 @@ def test_objective_is_masked_ce_plus_weighted_cell_ce(weight):
     assert_allclose(objective, masked + weight * 0.25 * 4 / VOCAB * cell, np.float32)
 
 
-def test_cell_head_reads_only_the_mean_embedding():
+@pytest.mark.parametrize("output,width", [("bins", N_BINS), ("value", 1)])
+def test_cell_head_reads_only_the_mean_embedding(output, width):
     import flax.linen as nn
 
     from grn_jax.models import build_model, example_batch, tiny
     from grn_jax.models.heads import CellExpressionHead
 
     cfg = tiny(gene_vocab_size=16, n_bins=N_BINS, d_model=16, n_layers=1, n_heads=2, mlp_dim=32,
-               attention="vanilla")
+               attention="vanilla", cell_head_output=output)
     model = build_model(cfg)
     batch = example_batch(cfg, batch_size=2, seq_len=8, num_edges=8)
     params = nn.unbox(model.init({"params": jax.random.key(0)}, batch, deterministic=True)["params"])
     out = model.apply({"params": params}, batch, deterministic=True)
-    head = CellExpressionHead(N_BINS, 16, cfg.d_model)
+    head = CellExpressionHead(N_BINS, 16, cfg.d_model, output=output)
     want = head.apply({"params": params["cell_head"]}, out.mean_embedding)
     assert_allclose(out.cell_gene_logits, want, np.float32)
-    assert out.cell_gene_logits.shape == (2, 16, N_BINS)
+    assert out.cell_gene_logits.shape == (2, 16, width)
 
 
 def test_cell_loss_weight_is_validated():
@@ -109,16 +110,9 @@ def test_value_head_objective_is_squared_error_of_scaled_bins():
     assert_allclose(objective, _log_softmax_ce(logits[0, 2], 3) + 2.0 * 0.25 * 4 / VOCAB * err, np.float32)
 
 
-def test_value_head_emits_one_number_per_gene_and_bad_output_is_refused():
-    import flax.linen as nn
+def test_value_head_is_the_default_and_bad_output_is_refused():
+    from grn_jax.models import tiny
 
-    from grn_jax.models import build_model, example_batch, tiny
-
-    cfg = tiny(gene_vocab_size=16, n_bins=N_BINS, d_model=16, n_layers=1, n_heads=2, mlp_dim=32,
-               attention="vanilla", cell_head_output="value")
-    model = build_model(cfg)
-    batch = example_batch(cfg, batch_size=2, seq_len=8, num_edges=8)
-    params = nn.unbox(model.init({"params": jax.random.key(0)}, batch, deterministic=True)["params"])
-    assert model.apply({"params": params}, batch, deterministic=True).cell_gene_logits.shape == (2, 16, 1)
+    assert tiny().cell_head_output == "value"  # the default (README, "What the default model is and why")
     with pytest.raises(ValueError, match="cell_head_output"):
         tiny(cell_head_output="probabilities")
