@@ -68,16 +68,26 @@ def peak_for(device_kind: str):
     return None
 
 
-def make_case(rng, b, s, h, d, avg_degree, dtype):
-    """Random one-way edge lists over each cell's genes; the last cell is padded to 3/4 of S."""
-    e = max(1, avg_degree * s // 2)
+def random_graphs(rng, b: int, s: int, avg_degree: int, *, min_edges: int = 1, min_weight: float = 0.05,
+                  keep: float = 0.95):
+    """Per-cell random one-way edge lists over real gene positions (1..n-1); the last cell padded to 3/4 S.
+
+    (senders, receivers, weights, edge mask, token mask); also used by gpu_check.py.
+    """
+    e = max(min_edges, avg_degree * s // 2)
     n_real = np.full(b, s)
     n_real[-1] = max(2, 3 * s // 4)
     snd = np.stack([rng.integers(1, n, e) for n in n_real]).astype(np.int32)
     rcv = np.stack([rng.integers(1, n, e) for n in n_real]).astype(np.int32)
-    w = rng.uniform(0.05, 1.0, (b, e)).astype(np.float32)
-    em = rng.random((b, e)) < 0.95
+    w = rng.uniform(min_weight, 1.0, (b, e)).astype(np.float32)
+    em = rng.random((b, e)) < keep
     tm = np.arange(s)[None, :] < n_real[:, None]
+    return snd, rcv, w, em, tm
+
+
+def make_case(rng, b, s, h, d, avg_degree, dtype):
+    """Random one-way edge lists over each cell's genes; the last cell is padded to 3/4 of S."""
+    snd, rcv, w, em, tm = random_graphs(rng, b, s, avg_degree)
     q, k, v = (jnp.asarray(rng.normal(size=(b, s, h, d)), dtype) for _ in range(3))
     lap = normalized_laplacian(snd, rcv, w, em, num_nodes=s)
     cls = jnp.asarray((np.arange(s)[None, :] == 0) & tm)
