@@ -11,7 +11,7 @@ edges' targets permuted (`adapter_true_vs_random._rewired`: every regulator keep
 out-degree, every target its in-degree) and with no edge at all.
 
 Model: the pretraining recipe of `grn_jax/resources/configs/own_data.yaml` (cell head on,
-`train.cell_loss_weight` 5, peak lr 5e-3, 5 % warm-up, batch 32, mask rate 0.3) at a small
+its `train.cell_loss_weight` and head output, read from the preset; peak lr 5e-3, 5 % warm-up, batch 32, mask rate 0.3) at a small
 size (d 64, 1 layer as in own_data.yaml (--layers), 4 heads, MLP 128, 16 bins). Variants, all at equal steps on the
 same held-out cells (fixed split) with the same evaluation masks within a seed:
 
@@ -52,6 +52,8 @@ from adapter_true_vs_random import _rewired  # noqa: E402
 SIM = dict(n_cells=4000, n_genes=200, n_tfs=30, n_cell_types=4, knockouts=0, seed=0,
            unregulated_fraction=0.05, mean_library_size=10000.0)
 N_BINS = 16
+# the shipped own-data preset: this experiment's cell objective follows it
+RECIPE = __import__("yaml").safe_load((HERE.parent / "grn_jax" / "resources" / "configs" / "own_data.yaml").read_text())
 
 
 class _BatchRecorder:
@@ -83,12 +85,13 @@ class _BatchRecorder:
 
 def _tree(shards, run_dir, seed, steps, attention: str, beta, adapter: bool = False, n_layers: int = 1):
     model = {"preset": "tiny", "n_bins": N_BINS, "d_model": 64, "n_layers": n_layers, "n_heads": 4, "mlp_dim": 128,
-             "attention": attention, "diffusion_beta": beta, "cell_head": True}
+             "attention": attention, "diffusion_beta": beta, "cell_head": True,
+             "cell_head_output": RECIPE["model"].get("cell_head_output", "value")}
     if adapter:
         model["adapter"] = {"fusion_heads": 2, "fanout": 10, "node_features": "gene"}
     return {"name": "graph-mechanism", "data": {"shards": str(shards), "fixed_shape": True}, "model": model,
             "train": {"run_dir": str(run_dir), "steps": steps, "batch_size": 32, "seed": seed, "mask_rate": 0.3,
-                      "cell_loss_weight": 5.0,
+                      "cell_loss_weight": RECIPE["train"]["cell_loss_weight"],
                       "optim": {"peak_lr": 5.0e-3, "warmup_fraction": 0.05, "weight_decay": 0.01, "clip_norm": 1.0},
                       "log_every": steps, "eval_every": steps, "eval_batches": 1000, "val_fraction": 0.1,
                       "checkpoint_every": steps, "keep_last": 1, "progress": False, "tensorboard": False},
@@ -124,7 +127,7 @@ def write_report(out: dict, res_dir: Path, stem: str) -> None:
              f"({m.get('backend', '?')}).", "",
              f"Data: `simulate({', '.join(f'{k}={v}' for k, v in out['simulate'].items())})`; 10 % of cells held out "
              f"(the same cells for every run). Model: d 64, 4 heads, MLP 128, 16 bins, cell head on "
-             f"(`cell_loss_weight` 5), the own_data.yaml optimiser; equal steps.", "",
+             f"({out.get('recipe', 'cell_loss_weight 5, bins head')}), the own_data.yaml optimiser; equal steps.", "",
              "Final validation masked-bin loss on all validation cells, mean ± s.e. over seeds "
              "(token accuracy ± its binomial s.e. from the loop, seed 0):", "",
              "| variant | beta | val loss | per seed | accuracy (seed 0) |", "|---|---|---|---|---|"]
@@ -288,7 +291,9 @@ def main(argv=None):
            + (f" --cells {args.cells}" if args.cells != SIM["n_cells"] else "")
            + (f" --out-stem {args.out_stem}" if args.out_stem != "graph_mechanism" else ""))
     keep = ("gene_tokens_with_edge_fraction", "edges_per_cell", "lambda_min_nonzero", "diffusion_change")
-    out = {"command": cmd, "simulate": sim_args, "machine": machine, "total_seconds": time.time() - t_start,
+    out = {"command": cmd, "simulate": sim_args,
+           "recipe": (f"cell head {RECIPE['model'].get('cell_head_output', 'value')}, "
+                      f"cell_loss_weight {RECIPE['train']['cell_loss_weight']}"), "machine": machine, "total_seconds": time.time() - t_start,
            "graphs": {k: {x: v.get(x) for x in keep if x in v} for k, v in diag.items()},
            "rows": rows, "comparisons": comparisons,
            "per_run": {k: [{x: y for x, y in r.items() if x != "batches"} for r in rs] for k, rs in runs.items()}}
