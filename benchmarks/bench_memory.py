@@ -17,21 +17,17 @@ Writes benchmarks/results/memory.md and memory.json (machine described in both).
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
+from pathlib import Path
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+import jax
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+from grn_jax.train.main import use_cpu_devices
 
-import jax  # noqa: E402
-
-jax.config.update("jax_num_cpu_devices", 8)
+use_cpu_devices(8)  # 8 simulated CPU devices, before any backend is chosen
 
 from grn_jax.config import load_run_config  # noqa: E402
 from grn_jax.train.compile import compile_only  # noqa: E402

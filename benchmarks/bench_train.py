@@ -20,23 +20,19 @@ Writes benchmarks/results/train.md and train.json (machine described in both).
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import statistics
+import sys
+import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+import jax
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+from grn_jax.train.main import use_cpu_devices
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-jax.config.update("jax_num_cpu_devices", 8)
+use_cpu_devices(8)  # 8 simulated CPU devices, before any backend is chosen
 
 from grn_jax.data.collate import CellBatch  # noqa: E402
 from grn_jax.data.masking import mask_bins  # noqa: E402
