@@ -59,6 +59,12 @@ def _graph_inputs(seed, b, s, e, d):
     return tuple(jnp.asarray(x) for x in (snd, rcv, w, em, tm, q, cls))
 
 
+def _ell_inputs(seed, b, s, h, dh):
+    """(token mask, ELL Laplacian of 24 random edges per cell) for the Pallas GDKA kernels."""
+    snd, rcv, w, em, tm, _, _ = _graph_inputs(seed, b, s, 24, h * dh)
+    return tm, build_ell_laplacian(snd, rcv, w, em, tm, width=16)
+
+
 @pytest.mark.skipif(native_build.unavailable_reason() is not None or jax.default_backend() != "cpu",
                     reason="native CPU kernel not built here")
 @pytest.mark.parametrize("mesh_shape", [(8, 1), (2, 4)])
@@ -116,8 +122,7 @@ def test_pallas_gdka_runs_per_shard_and_equals_one_device(backward):
     """Interpret-mode Pallas: the diffusion kernel, the flash kernel and (backward="pallas") its two
     backward kernels each see the local batch inside shard_map; forward and VJP equal 1 device."""
     b, s, h, dh = 8, 16, 2, 8
-    snd, rcv, w, em, tm, q, _ = _graph_inputs(1, b, s, 24, h * dh)
-    ell = build_ell_laplacian(snd, rcv, w, em, tm, width=16)
+    tm, ell = _ell_inputs(1, b, s, h, dh)
     rng = np.random.default_rng(2)
     q, k, v, g = (jnp.asarray(rng.standard_normal((b, s, h, dh)), jnp.float32) for _ in range(4))
     coeffs = jnp.asarray(heat_kernel_plan(1.0).as_array(), jnp.float32)
@@ -144,8 +149,7 @@ def test_pallas_gdka_runs_per_shard_and_equals_one_device(backward):
 
 def test_kernels_without_a_mesh_are_not_wrapped():
     b, s, h, dh = 2, 16, 1, 8
-    snd, rcv, w, em, tm, _, _ = _graph_inputs(3, b, s, 24, h * dh)
-    ell = build_ell_laplacian(snd, rcv, w, em, tm, width=16)
+    tm, ell = _ell_inputs(3, b, s, h, dh)
     q = jnp.ones((b, s, h, dh), jnp.float32)
     coeffs = jnp.ones((4,), jnp.float32)
     fn = functools.partial(diffusion_attention, block=BLOCKS, interpret=True)
@@ -158,8 +162,7 @@ def test_sharded_pallas_gdka_lowers_for_cuda_with_local_shapes():
     from jax import export
 
     b, s, h, dh = 8, 16, 2, 8
-    snd, rcv, w, em, tm, _, _ = _graph_inputs(4, b, s, 24, h * dh)
-    ell = build_ell_laplacian(snd, rcv, w, em, tm, width=16)
+    tm, ell = _ell_inputs(4, b, s, h, dh)
     q = jnp.ones((b, s, h, dh), jnp.float32)
     coeffs = jnp.ones((4,), jnp.float32)
     mesh = _mesh(8, 1)
