@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -49,11 +50,15 @@ sys.path.insert(0, str(HERE))
 
 from adapter_true_vs_random import _rewired  # noqa: E402
 
+from grn_jax.models.config import ModelConfig  # noqa: E402
+from grn_jax.resources import config_path  # noqa: E402
+
 SIM = dict(n_cells=4000, n_genes=200, n_tfs=30, n_cell_types=4, knockouts=0, seed=0,
            unregulated_fraction=0.05, mean_library_size=10000.0)
 N_BINS = 16
 # the shipped own-data preset: this experiment's cell objective follows it
-RECIPE = __import__("yaml").safe_load((HERE.parent / "grn_jax" / "resources" / "configs" / "own_data.yaml").read_text())
+RECIPE = yaml.safe_load(config_path("own_data").read_text())
+HEAD_OUTPUT = RECIPE["model"].get("cell_head_output", ModelConfig.cell_head_output)  # the preset's, else the default
 
 
 class _BatchRecorder:
@@ -86,7 +91,7 @@ class _BatchRecorder:
 def _tree(shards, run_dir, seed, steps, attention: str, beta, adapter: bool = False, n_layers: int = 1):
     model = {"preset": "tiny", "n_bins": N_BINS, "d_model": 64, "n_layers": n_layers, "n_heads": 4, "mlp_dim": 128,
              "attention": attention, "diffusion_beta": beta, "cell_head": True,
-             "cell_head_output": RECIPE["model"].get("cell_head_output", "value")}
+             "cell_head_output": HEAD_OUTPUT}
     if adapter:
         model["adapter"] = {"fusion_heads": 2, "fanout": 10, "node_features": "gene"}
     return {"name": "graph-mechanism", "data": {"shards": str(shards), "fixed_shape": True}, "model": model,
@@ -292,7 +297,7 @@ def main(argv=None):
            + (f" --out-stem {args.out_stem}" if args.out_stem != "graph_mechanism" else ""))
     keep = ("gene_tokens_with_edge_fraction", "edges_per_cell", "lambda_min_nonzero", "diffusion_change")
     out = {"command": cmd, "simulate": sim_args,
-           "recipe": (f"cell head {RECIPE['model'].get('cell_head_output', 'value')}, "
+           "recipe": (f"cell head {HEAD_OUTPUT}, "
                       f"cell_loss_weight {RECIPE['train']['cell_loss_weight']}"), "machine": machine, "total_seconds": time.time() - t_start,
            "graphs": {k: {x: v.get(x) for x in keep if x in v} for k, v in diag.items()},
            "rows": rows, "comparisons": comparisons,
