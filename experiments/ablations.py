@@ -1,11 +1,26 @@
 """The papers' ablation tables, scaled to a 2-core CPU: one command per table.
 
-    .venv/bin/python experiments/ablations.py NAME [--seeds 2] [--steps 30]
+    .venv/bin/python experiments/ablations.py NAME [--data pbmc|simulated|zeisel] [--seeds 3] [--steps 300]
 
 NAME is one of ABLATIONS (gdka_vs_vanilla, depth, grn_type, gnn_type, edge_perturbation).
 Each variant is pretrained from scratch (experiments/configs/ablation_tiny.yaml plus the
-variant's overrides) once per seed on the bundled PBMC cells (scanpy pbmc68k_reduced,
-counts recovered), then scored on the same held-out cells:
+variant's overrides) once per seed, then scored on the same held-out cells. --data:
+
+- pbmc (default): the bundled PBMC cells (scanpy pbmc68k_reduced, counts recovered), the
+  ablation_tiny.yaml training settings as first run (results: <NAME>.md|.json);
+- simulated: `grn_jax.datasets.simulate` as experiments/graph_mechanism.py (4,000 cells x 200
+  genes, 30 TFs, 4 types, known network); cell-type networks inferred by our ARACNe path on the
+  training cells (regulators: the 30 TFs), and the true network as its own graph kind;
+- zeisel: /work/shared/data/zeisel.h5ad (label cell_type, 3,005 cells, 7 types), the
+  quickstart's choices (1,024 most variable genes, its QC and regulator rule), networks inferred
+  on the training cells.
+
+simulated and zeisel train with the pretraining recipe (grn_jax/resources/configs/own_data.yaml:
+optimiser, batch, mask rate, cell head and cell_loss_weight) at the ablation_tiny model sizes,
+validate on ALL validation cells, and write <NAME>_<data>.md|.json. Their networks (and the random
+network) are built from the training cells only: the "none" shards are prepared first and the
+loop's fixed validation split (`grn_jax.train.data.split_cells`) read off their cells.csv.
+Metrics:
 
 - val_loss / val_acc: masked-bin cross-entropy and accuracy on the validation cells
   (the same cells for every variant: the split seed is fixed), last validation;
@@ -34,14 +49,24 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from aggregate import aggregate, results_markdown  # noqa: E402
+from aggregate import aggregate, headline, results_markdown  # noqa: E402
 
 BASE_CONFIG = HERE / "configs" / "ablation_tiny.yaml"
+DATASETS = ("pbmc", "simulated", "zeisel")
+ZEISEL = Path(os.environ.get("GRN_JAX_ZEISEL", str(HERE.parent.parent / "shared" / "data" / "zeisel.h5ad")))
+# the simulated data of experiments/graph_mechanism.py (known GRN, most genes regulated)
+SIM = dict(n_cells=4000, n_genes=200, n_tfs=30, n_cell_types=4, knockouts=0, seed=0,
+           unregulated_fraction=0.05, mean_library_size=10000.0)
+VAL_FRACTION = 0.1  # simulated / zeisel: the loop's fixed validation split (400 / ~295 cells), all of it scored
+# per dataset: bins, gene tokens per cell (S = max_genes + 1), vocabulary size (None: every gene)
+DATA_SIZES = {"simulated": {"n_bins": 16, "max_genes": 63, "n_top_genes": None},
+              "zeisel": {"n_bins": 32, "max_genes": 63, "n_top_genes": 1024}}
 METRICS = ("val_loss", "val_acc", "val_best_trivial", "annot_f1", "random_init_f1", "pca_f1", "majority_f1")
 ADAPTER = ["model.adapter.fusion_heads=2", "model.adapter.fanout=5", "model.adapter.gnn_layers=1"]
 ADAPTER_NOTE = ("The variants' val_loss differ only in the 4th-5th decimal (see the rows in the .json): after a "
@@ -69,6 +94,9 @@ ABLATIONS = {
                  "0.941 (cancer myeloid); annotation F1 0.939 vs 0.921 (human immune), zero-shot 0.937 vs 0.816 "
                  "(non-immune). No metric of ours is one of these tasks on these data.",
         "variants": {"gdka": ("cell_type", []), "vanilla": ("cell_type", ["model.attention=vanilla"])},
+        # simulated: GDKA over our inferred networks and over the true network, against vanilla
+        "simulated_variants": {"gdka-inferred": ("cell_type", []), "gdka-true": ("true", []),
+                               "vanilla": ("cell_type", ["model.attention=vanilla"])},
         "notes": ["Both use the same per-cell-type ARACNe graphs in the data; vanilla ignores them."],
     },
     "depth": {
@@ -83,6 +111,7 @@ ABLATIONS = {
         "title": "GRN type: none / random / cell-type / cell-specific / hybrid",
         "paper": "GRNFormer Table 3 (scGPT backbone, drug response PCC): no GRN 0.875 ± 0.010, random 0.892 ± "
                  "0.006, cell-type 0.901 ± 0.003, cell-specific 0.902 ± 0.002, hybrid 0.906 ± 0.002.",
+        "simulated_extra": {"true": ("true", [])},
         "variants": {"none": ("none", []), "random": ("random", []), "cell-type": ("cell_type", []),
                      "cell-specific": ("cell_specific", []),
                      # fixed_shape does not support shards with a cell-specific graph: bucketed shapes
@@ -182,8 +211,146 @@ def prepare_data(kind: str, work: Path, adata, log) -> tuple[Path, object]:
     return shards, spec
 
 
+def variants_for(name: str, data: str) -> dict:
+    """The ablation's variants on `data`: simulated adds the true network where it makes sense."""
+    spec = ABLATIONS[name]
+    if data == "simulated" and "simulated_variants" in spec:
+        return dict(spec["simulated_variants"])
+    out = dict(spec["variants"])
+    if data == "simulated" and "simulated_extra" in spec:
+        items = list(out.items())
+        at = [k for k, _ in items].index("cell-type") + 1
+        out = dict(items[:at] + list(spec["simulated_extra"].items()) + items[at:])
+    return out
+
+
+class Dataset:
+    """simulated / zeisel: the counts, how to tokenise them, the regulators and (simulated) the true network."""
+
+    def __init__(self, data: str, work: Path, log):
+        from grn_jax.data.config import DataConfig, IngestConfig, QCConfig, TokenizeConfig
+        from grn_jax.data.vocab import GeneVocab
+
+        self.data, self.work = data, work
+        size = DATA_SIZES[data]
+        self.n_bins = size["n_bins"]
+        self.true_network = None
+        if data == "simulated":
+            from grn_jax.datasets.simulate import simulate
+
+            sim = simulate(**SIM)
+            self.adata, self.true_network = sim.adata, sim.network
+            self.regulators = list(self.adata.var_names[self.adata.var["is_tf"].to_numpy(bool)])
+            self.vocab = None
+            qc = QCConfig(min_counts=1, max_counts=None, min_genes=5)
+            self.name = "simulate(" + ", ".join(f"{k}={v}" for k, v in SIM.items()) + ")"
+        else:
+            from grn_jax.inference.own_data import _read, choose_regulators, data_qc, select_genes
+
+            adata, missing = _read(ZEISEL, "cell_type", None)
+            self.adata = adata[~missing].copy()
+            # vocabulary and QC bounds from every cell's expression (label-free), as the quickstart chooses them
+            genes = select_genes(self.adata, size["n_top_genes"], log)
+            self.vocab = GeneVocab(genes)
+            qc = data_qc(self.adata[:, genes], log)
+            self.regulators = choose_regulators(list(self.adata.var_names), log)
+            self.name = str(ZEISEL)
+        self.adata.obs["cell_type"] = self.adata.obs["cell_type"].astype(str)
+        self.config = DataConfig(ingest=IngestConfig(cell_type_column="cell_type"), qc=qc,
+                                 tokenize=TokenizeConfig(n_bins=self.n_bins, max_genes=size["max_genes"])).validate()
+        self.counts_h5ad = work / f"{data}_counts.h5ad"
+        if not self.counts_h5ad.is_file():
+            ad = self.adata.copy()
+            ad.uns.clear()
+            ad.write_h5ad(self.counts_h5ad)
+        self.genes = list(self.vocab.genes) if self.vocab is not None else list(self.adata.var_names)
+        self.train_names = None
+
+    def overrides(self, n_val: int) -> list:
+        """The pretraining recipe (own_data.yaml) at the ablation_tiny sizes, validating on every validation cell."""
+        import yaml
+
+        from grn_jax.models.config import ModelConfig
+        from grn_jax.resources import config_path
+
+        r = yaml.safe_load(config_path("own_data").read_text())
+        t = r["train"]
+        head = r["model"].get("cell_head_output", ModelConfig.cell_head_output)
+        return [f"model.n_bins={self.n_bins}", "model.cell_head=true", f"model.cell_head_output={head}",
+                f"train.batch_size={t['batch_size']}", f"train.mask_rate={t['mask_rate']}",
+                f"train.cell_loss_weight={t['cell_loss_weight']}",
+                *[f"train.optim.{k}={v}" for k, v in t["optim"].items()],
+                f"train.val_fraction={VAL_FRACTION}",
+                f"train.eval_batches={-(-n_val // t['batch_size']) + 1}"]  # covers the whole validation split
+
+    def _prepare(self, shards: Path, kind: str, graph=None, cell_graph=None, log=print):
+        from grn_jax.data.pipeline import prepare
+
+        if not (shards / "manifest.json").is_file():
+            log(f"preparing {self.data} shards with graph kind {kind!r} into {shards}")
+            prepare(self.adata, shards, self.config, vocab=self.vocab, graph=graph, cell_graph=cell_graph,
+                    overwrite=True, dataset_name=f"{self.name}, graph {kind}")
+        import pandas as pd
+
+        return pd.read_csv(shards / "cells.csv", keep_default_na=False, dtype={"cell_name": str})["cell_name"]
+
+    def split(self, log) -> tuple[np.ndarray, np.ndarray]:
+        """(training, validation) cell names: the loop's fixed split of the QC-passed cells (from the none shards)."""
+        from grn_jax.train.data import split_cells
+
+        cells = self._prepare(self.work / "data" / "none", "none", log=log).to_numpy()
+        tr, va = split_cells(len(cells), VAL_FRACTION)
+        self.cells = cells
+        self.train_names, self.val_names = cells[tr], cells[va]
+        return self.train_names, self.val_names
+
+    def prepare(self, kind: str, log) -> tuple[Path, object]:
+        """Shards for graph kind `kind` and the inference GraphSpec; networks from the training cells only."""
+        from grn_jax.graphs import (cell_specific_factory, infer_cell_type_networks, read_cell_type_networks,
+                                    read_network, write_cell_type_networks, write_network)
+        from grn_jax.inference import GraphSpec
+
+        if self.train_names is None:
+            self.split(log)
+        net_dir = self.work / "networks"
+        if not (net_dir / "summary.json").is_file():
+            train_ad = self.adata[self.adata.obs_names.isin(self.train_names)].copy()
+            log(f"inferring per-cell-type ARACNe networks on {train_ad.n_obs} training cells into {net_dir}")
+            inferred = infer_cell_type_networks(train_ad, cell_type_key="cell_type", regulators=self.regulators)
+            log(inferred.report())
+            write_cell_type_networks(inferred, net_dir, cell_names=list(train_ad.obs_names))
+        networks, _ = read_cell_type_networks(net_dir)
+        cell_type_spec = GraphSpec(networks_dir=str(net_dir), cell_type_column="cell_type")
+        graph, cell_graph, spec = None, None, GraphSpec()
+        if kind == "random":
+            path = self.work / "random_network.tsv"
+            if not path.is_file():
+                write_network(random_network(networks, self.genes), path)
+            graph, spec = read_network(path), GraphSpec(network=str(path))
+        elif kind == "true":
+            path = self.work / "true_network.tsv"
+            if not path.is_file():
+                write_network(self.true_network, path)
+            graph, spec = self.true_network, GraphSpec(network=str(path))
+        elif kind == "cell_type":
+            graph, spec = networks, cell_type_spec
+        elif kind == "cell_specific":
+            # embed rebuilds a new cell's cell-specific graph from the training thresholds (type by kNN posterior)
+            graph, spec = cell_specific_factory(networks, cell_type_column="cell_type"), cell_type_spec
+        elif kind == "hybrid":
+            graph, cell_graph = networks, cell_specific_factory(networks, cell_type_column="cell_type")
+            spec = cell_type_spec
+        elif kind != "none":
+            raise ValueError(f"unknown graph kind {kind!r}")
+        shards = self.work / "data" / kind
+        cells = self._prepare(shards, kind, graph, cell_graph, log).to_numpy()
+        if not np.array_equal(cells, self.cells):
+            raise RuntimeError(f"{shards}: cells differ from the none shards' (QC must not depend on the graph)")
+        return shards, spec
+
+
 def run_variant(shards: Path, spec, overrides: list, seed: int, steps: int, run_dir: Path, counts_h5ad: Path,
-                log) -> dict:
+                log, base_overrides: list = ()) -> dict:
     """Pretrain one (variant, seed) and score it; returns the row's metrics."""
     from grn_jax.config import load_run_config
     from grn_jax.tasks import evaluate_annotation
@@ -195,13 +362,17 @@ def run_variant(shards: Path, spec, overrides: list, seed: int, steps: int, run_
     cfg = load_run_config(BASE_CONFIG, [f"data.shards={shards}", f"train.run_dir={run_dir}",
                                         f"train.seed={seed}", f"train.steps={steps}",
                                         f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
-                                        "train.progress=false", "train.tensorboard=false", *overrides])
+                                        "train.progress=false", "train.tensorboard=false", *base_overrides,
+                                        *overrides])
+    t0 = time.time()
     pretrain(cfg, log=lambda s: None)
     val = read_metrics(run_dir, "val")
     row = {"val_loss": val[-1]["val_loss"] if val else None, "val_acc": val[-1]["val_accuracy"] if val else None,
            "val_best_trivial": val[-1].get("val_best_trivial_accuracy") if val else None,
-           "annot_f1": None, "random_init_f1": None, "pca_f1": None, "majority_f1": None}
-    if spec is not None:
+           "annot_f1": None, "random_init_f1": None, "pca_f1": None, "majority_f1": None,
+           "val_acc_se": val[-1].get("val_accuracy_se") if val else None,
+           "val_masked": val[-1].get("val_masked") if val else None, "train_seconds": time.time() - t0}
+    if spec is not None and not base_overrides:
         if spec.cell_type_column:  # never the evaluated cell's own label: kNN integration over the training cells
             from grn_jax.inference import GraphSpec
             from grn_jax.reporting import write_training_reference
@@ -215,7 +386,32 @@ def run_variant(shards: Path, spec, overrides: list, seed: int, steps: int, run_
         row["pca_f1"] = res.metrics["all"]["pca_logreg"]["macro_f1"]["mean"]
         row["random_init_f1"] = res.metrics["all"]["random_init"]["macro_f1"]["mean"]
         row["majority_f1"] = res.metrics["all"]["majority"]["macro_f1"]["mean"]
+    elif spec is not None:  # simulated / zeisel: held-out cells only, graphs without their labels
+        row.update(annotate(run_dir, spec, counts_h5ad, seed, log))
     return row
+
+
+def annotate(run_dir: Path, spec, counts_h5ad: Path, seed: int, log) -> dict:
+    """Annotation of the run's held-out cells (never trained on), graphs by kNN integration; its controls."""
+    from grn_jax.inference import GraphSpec
+    from grn_jax.reporting import write_training_reference
+    from grn_jax.tasks import evaluate_annotation
+
+    t0 = time.time()
+    if spec.cell_type_column:  # never the evaluated cell's own label: kNN integration over the training cells
+        spec = GraphSpec(networks_dir=spec.networks_dir,
+                         reference=str(write_training_reference(run_dir, counts_h5ad, run_dir / "reference.h5ad")))
+    try:
+        res = evaluate_annotation(str(run_dir), str(counts_h5ad), label_key="cell_type", graph=spec, n_splits=3,
+                                  seed=seed, log=lambda s: None)
+    except Exception as e:  # recorded, not hidden: the row keeps its validation metrics
+        log(f"annotation failed: {type(e).__name__}: {e}")
+        return {"annot_error": f"{type(e).__name__}: {str(e)[:300]}"}
+    m = res.metrics["all"]
+    return {"annot_f1": m["grn_jax"]["macro_f1"]["mean"], "pca_f1": m["pca_logreg"]["macro_f1"]["mean"],
+            "random_init_f1": m["random_init"]["macro_f1"]["mean"], "majority_f1": m["majority"]["macro_f1"]["mean"],
+            "annot_cells": res.counts.get("all", {}).get("cells") if isinstance(getattr(res, "counts", None), dict)
+            else None, "annot_seconds": time.time() - t0}
 
 
 def machine() -> dict:
@@ -229,100 +425,210 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend()}
 
 
-def run(name: str, seeds: int, steps: int, work_dir: Path, out_dir: Path, log=print) -> dict:
-    """Run ablation `name` (all variants x seeds) and write out_dir/<name>.md|.json."""
-    from grn_jax.datasets.pbmc import pbmc68k
-
+def run(name: str, seeds: int, steps: int, work_dir: Path, out_dir: Path, log=print, data: str = "pbmc",
+        command: str = "", only: Optional[list] = None) -> dict:
+    """Run ablation `name` (all variants x seeds) on `data` and write out_dir/<name>[_<data>].md|.json."""
     if name not in ABLATIONS:
         raise ValueError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
-    spec = ABLATIONS[name]
+    if data not in DATASETS:
+        raise ValueError(f"unknown data {data!r}; choose one of {DATASETS}")
     t0 = time.time()
     work_dir.mkdir(parents=True, exist_ok=True)
-    adata = pbmc68k()
-    counts_h5ad = work_dir / "pbmc68k_counts.h5ad"
-    if not counts_h5ad.is_file():
-        ad = adata.copy()
-        ad.uns.clear()
-        ad.write_h5ad(counts_h5ad)
+    variants = variants_for(name, data)
+    if only:
+        variants = {v: k for v, k in variants.items() if v in only}
+    if data == "pbmc":
+        from grn_jax.datasets.pbmc import pbmc68k
+
+        adata = pbmc68k()
+        counts_h5ad = work_dir / "pbmc68k_counts.h5ad"
+        if not counts_h5ad.is_file():
+            ad = adata.copy()
+            ad.uns.clear()
+            ad.write_h5ad(counts_h5ad)
+        prep = lambda kind: prepare_data(kind, work_dir, adata, log)  # noqa: E731
+        base, stem, protocol, dwork = [], name, 2, work_dir
+    else:
+        dwork = work_dir / data
+        dwork.mkdir(parents=True, exist_ok=True)
+        ds = Dataset(data, dwork, log)
+        _, val_names = ds.split(log)
+        counts_h5ad = ds.counts_h5ad
+        prep = lambda kind: ds.prepare(kind, log)  # noqa: E731
+        base, stem, protocol = ds.overrides(len(val_names)), f"{name}_{data}", 3
     # finished runs are recorded one per line, so a rerun (after a crash or with more seeds) skips them
-    done_path = work_dir / "rows" / f"{name}.jsonl"
+    done_path = dwork / "rows" / f"{name}.jsonl"
     done_path.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.is_file() else []
     rows = []
-    for variant, (kind, overrides) in spec["variants"].items():
+    for variant, (kind, overrides) in variants.items():
         shards, gspec = None, None
         for seed in range(seeds):
-            # protocol 2: held-out cells only, label-free graphs, controls (rows recorded before are not reused)
+            # protocol 2: held-out cells only, label-free graphs, controls (rows recorded before are not reused);
+            # protocol 3: + the recipe, all validation cells, networks from the training cells only
             key = {"variant": variant, "seed": seed, "steps": steps, "graph": kind, "overrides": overrides,
-                   "protocol": 2}
+                   "protocol": protocol, **({"base": base} if base else {})}
             prior = [r for r in done if all(r.get(k) == v for k, v in key.items())]
             if prior:
                 rows.append({"variant": variant, "seed": seed, **prior[-1]["metrics"]})
                 log(f"{name}: {variant} seed {seed}: recorded in {done_path}")
                 continue
             if shards is None:
-                shards, gspec = prepare_data(kind, work_dir, adata, log)
+                shards, gspec = prep(kind)
             ts = time.time()
-            row = run_variant(shards, gspec, overrides, seed, steps, work_dir / "runs" / name / f"{variant}_{seed}",
-                              counts_h5ad, log)
+            row = run_variant(shards, gspec, overrides, seed, steps, dwork / "runs" / name / f"{variant}_{seed}",
+                              counts_h5ad, log, base_overrides=base)
+            row["seconds"] = time.time() - ts
             with done_path.open("a") as f:
                 f.write(json.dumps({**key, "metrics": row}) + "\n")
             rows.append({"variant": variant, "seed": seed, **row})
             log(f"{name}: {variant} seed {seed}: {row} ({time.time() - ts:.0f} s)")
-    return write_results(name, rows, seeds, steps, time.time() - t0, machine(), out_dir, log)
+    extra = {"data": data, "stem": stem, "base_overrides": base, "variants": variants}
+    if data != "pbmc":
+        extra["cells"] = {"total": int(len(ds.cells)), "validation": int(len(val_names))}
+        extra["graphs"] = graph_summary(dwork, list({k for k, _ in variants.values()}))
+    return write_results(name, rows, seeds, steps, time.time() - t0, machine(), out_dir, log, command=command,
+                         **extra)
+
+
+def graph_summary(dwork: Path, kinds: list) -> dict:
+    """Per graph kind: the prepare diagnostics (gene tokens with an edge, edges per cell, pooled fallbacks)."""
+    out = {}
+    for kind in sorted(kinds):
+        m = dwork / "data" / kind / "manifest.json"
+        if not m.is_file():
+            continue
+        summ = json.loads(m.read_text()).get("summary", {})
+        gd = summ.get("graph_diagnostics", {})
+        out[kind] = {k: {x: v.get(x) for x in ("gene_tokens_with_edge_fraction", "edges_per_cell",
+                                               "pooled_fallback_types", "fallback_types") if x in v}
+                     for k, v in gd.items() if isinstance(v, dict)}
+    return out
+
+
+DATA_NOTES = {
+    "simulated": [
+        "Data: `grn_jax.datasets.simulate` (4,000 cells x 200 genes, 30 TFs, 4 cell types, 95 % of non-TF genes "
+        "regulated, known network), the 63 most expressed genes of each cell as tokens (S = 64, as ablation_tiny), 16 bins. "
+        "'cell-type' / 'gdka-inferred' graphs are our per-cell-type ARACNe networks inferred on the training cells "
+        "(regulators: the 30 simulated TFs); 'true' is the generating network (one network for every cell).",
+    ],
+    "zeisel": [
+        "Data: Zeisel et al. mouse cortex/hippocampus (../shared/data/zeisel.h5ad, 3,005 cells, label cell_type, "
+        "7 types), the quickstart's gene choice (1,024 most variable genes, computed over all cells without labels), "
+        "QC and regulator rule; the 63 most expressed vocabulary genes of each cell as tokens (S = 64, as ablation_tiny), 32 bins; "
+        "per-cell-type ARACNe networks inferred on the training cells.",
+    ],
+}
+NEW_COMMON_NOTES = [
+    "Training: the pretraining recipe of grn_jax/resources/configs/own_data.yaml (peak lr 5e-3, 5 % warm-up, "
+    "weight decay 0.01, clip 1, batch 32, mask rate 0.3, cell head with cell_loss_weight 50) at the ablation_tiny "
+    "sizes (d_model 32, 2 heads, MLP 64, 2 layers unless the variant says otherwise): small models for a shared "
+    "2-core CPU, far from the papers' 10M-100M+ parameters and millions of cells.",
+    "Validation: the loop's fixed split (10 % of the QC-passed cells, the same for every variant and seed); "
+    "val_loss / val_acc over ALL of them (train.eval_batches covers the split), with the cells' own graphs. "
+    "val_best_trivial: the better trivial masked-bin predictor on the same tokens.",
+    "Annotation (annot_f1, random_init_f1, pca_f1, majority_f1): only cells the run never trained on (the "
+    "validation cells, plus any cell QC dropped), each given a graph by GREmLN kNN graph integration over the "
+    "training cells (never its own label); macro-F1 mean over 3 stratified splits of those cells, logistic "
+    "regression on mean embeddings; random_init_f1 is the same architecture and seed at initialisation.",
+    "Networks (ARACNe per cell type, and the random network matched to their edge count) come from the "
+    "training cells only; the cell-specific thresholds (AUCell) are fitted on every cell's expression (no labels "
+    "of evaluated cells are involved: evaluated cells get their type from the kNN posterior).",
+    "Seed noise: the headline calls a difference between two variants 'outside seed noise' when it exceeds 2 "
+    "standard errors of the difference of means over seeds (sqrt(sd_a^2/n_a + sd_b^2/n_b)); with 2-3 seeds "
+    "this is a rough screen, not a test.",
+]
 
 
 def write_results(name: str, rows: list, seeds: int, steps: int, seconds: float, mach: dict, out_dir: Path,
-                  log=print) -> dict:
-    """Aggregate the runs' rows and write out_dir/<name>.md and .json; returns the table."""
+                  log=print, data: str = "pbmc", stem: Optional[str] = None, base_overrides=(), variants=None,
+                  cells=None, graphs=None, command: str = "") -> dict:
+    """Aggregate the runs' rows and write out_dir/<stem>.md and .json; returns the table."""
     spec = ABLATIONS[name]
+    stem = stem or name
+    variants = variants or spec["variants"]
     table = aggregate(rows, METRICS)
-    command = f".venv/bin/python experiments/ablations.py {name} --seeds {seeds} --steps {steps}"
-    setup = (f"Each variant pretrained from scratch {seeds}x (seeds 0..{seeds - 1}) for {steps} steps "
-             f"({BASE_CONFIG.relative_to(HERE.parent)} + the variant's overrides); val_* on the fixed validation "
-             "cells (lower loss / higher accuracy is better); annot_f1: macro-F1 of cell-type annotation from "
-             "mean embeddings (3 splits); pca_f1: the baseline of the same evaluation (PCA-50 of log-normalised "
-             "expression, same splits and classifier; missing in runs recorded before it was added). "
-             "Cells: mean ± sd over seeds (n = runs that produced the metric). "
-             "Overrides: " + "; ".join(f"{v}: {' '.join(o) or '(base)'} [graph {k}]"
-                                       for v, (k, o) in spec["variants"].items()))
-    md = results_markdown(spec["title"], table, METRICS, command=command, setup=setup, paper=spec["paper"],
-                          notes=[*spec["notes"], *COMMON_NOTES], machine=mach, seconds=seconds)
+    command = command or (f".venv/bin/python experiments/ablations.py {name} --seeds {seeds} --steps {steps}"
+                          + (f" --data {data}" if data != "pbmc" else ""))
+    overrides = "Overrides: " + "; ".join(f"{v}: {' '.join(o) or '(base)'} [graph {k}]"
+                                          for v, (k, o) in variants.items())
+    if data == "pbmc":
+        setup = (f"Each variant pretrained from scratch {seeds}x (seeds 0..{seeds - 1}) for {steps} steps "
+                 f"({BASE_CONFIG.relative_to(HERE.parent)} + the variant's overrides); val_* on the fixed validation "
+                 "cells (lower loss / higher accuracy is better); annot_f1: macro-F1 of cell-type annotation from "
+                 "mean embeddings (3 splits); pca_f1: the baseline of the same evaluation (PCA-50 of log-normalised "
+                 "expression, same splits and classifier; missing in runs recorded before it was added). "
+                 "Cells: mean ± sd over seeds (n = runs that produced the metric). " + overrides)
+        notes = [*spec["notes"], *COMMON_NOTES]
+        head = None
+    else:
+        setup = (f"Data: {data}. Each variant pretrained from scratch {seeds}x (seeds 0..{seeds - 1}) for {steps} "
+                 f"steps ({BASE_CONFIG.relative_to(HERE.parent)} + the recipe: {' '.join(base_overrides)} + the "
+                 f"variant's overrides). Cells: {cells}. Table cells: mean ± sd over seeds (n = runs that produced "
+                 "the metric; lower val_loss, higher val_acc / F1 is better). " + overrides)
+        notes = [n for n in spec["notes"] if n != ADAPTER_NOTE and not n.startswith("annot_f1 is missing")]
+        notes += DATA_NOTES[data] + NEW_COMMON_NOTES
+        errs = sorted({r["annot_error"] for r in rows if r.get("annot_error")})
+        if errs:
+            notes.append("Annotation could not run for some rows (counted as missing): " + " | ".join(errs))
+        head = headline(table)
+    md = results_markdown(spec["title"] + (f" ({data})" if data != "pbmc" else ""), table, METRICS,
+                          command=command, setup=setup, paper=spec["paper"], notes=notes, machine=mach,
+                          seconds=seconds, headline=head, graphs=graphs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.md").write_text(md)
-    (out_dir / f"{name}.json").write_text(json.dumps({"name": name, "command": command, "seeds": seeds,
-                                                      "steps": steps, "seconds": seconds, "rows": rows,
-                                                      "table": table, "machine": mach}, indent=2))
-    log(f"wrote {out_dir / name}.md and .json")
+    (out_dir / f"{stem}.md").write_text(md)
+    rec = {"name": name, "data": data, "command": command, "seeds": seeds, "steps": steps, "seconds": seconds,
+           "rows": rows, "table": table, "machine": mach}
+    if data != "pbmc":
+        rec.update({"headline": head, "base_overrides": list(base_overrides), "cells": cells, "graphs": graphs,
+                    "variants": {v: list(k) for v, k in variants.items()}})
+    (out_dir / f"{stem}.json").write_text(json.dumps(rec, indent=2))
+    log(f"wrote {out_dir / stem}.md and .json")
     return table
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name", choices=sorted(ABLATIONS) + ["all"])
-    p.add_argument("--seeds", type=int, default=2, help="seeds per variant (default 2)")
-    p.add_argument("--steps", type=int, default=30, help="optimiser steps per run (default 30)")
+    p.add_argument("--data", choices=DATASETS, default="pbmc",
+                   help="pbmc (default: the first runs' settings), simulated or zeisel (the pretraining recipe)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    p.add_argument("--steps", type=int, default=300, help="optimiser steps per run (default 300, 10x the first runs)")
+    p.add_argument("--only", default=None, help="comma-separated variants to run (timing / development)")
     p.add_argument("--work-dir", default=str(HERE / "work"))
     p.add_argument("--out-dir", default=str(HERE / "results"))
     p.add_argument("--rerender", action="store_true",
-                   help="re-write <name>.md from the runs recorded in <name>.json (no training)")
+                   help="re-write <name>[_<data>].md from the runs recorded in its .json (no training)")
     a = p.parse_args(argv)
     if a.rerender:
         for name in sorted(ABLATIONS) if a.name == "all" else [a.name]:
-            path = Path(a.out_dir) / f"{name}.json"
+            stem = name if a.data == "pbmc" else f"{name}_{a.data}"
+            path = Path(a.out_dir) / f"{stem}.json"
             if not path.is_file():
                 print(f"{name}: no {path}; run it first")
                 continue
             rec = json.loads(path.read_text())
             args = rec["command"].split()
             seeds, steps = int(args[args.index("--seeds") + 1]), int(args[args.index("--steps") + 1])
+            extra = {} if a.data == "pbmc" else {
+                "data": a.data, "stem": stem, "base_overrides": rec.get("base_overrides", []),
+                "variants": {v: (k[0], k[1]) for v, k in rec.get("variants", {}).items()} or None,
+                "cells": rec.get("cells"), "graphs": rec.get("graphs"), "command": rec["command"]}
             write_results(name, rec["rows"], seeds, steps, rec.get("seconds", float("nan")), rec["machine"],
-                          Path(a.out_dir))
+                          Path(a.out_dir), **extra)
         return 0
     if a.seeds < 1 or a.steps < 1:
         p.error("--seeds and --steps must be >= 1")
     for name in sorted(ABLATIONS) if a.name == "all" else [a.name]:
-        run(name, a.seeds, a.steps, Path(a.work_dir), Path(a.out_dir))
+        command = (f"nice -n 10 .venv/bin/python experiments/ablations.py {name} --data {a.data} --seeds {a.seeds} "
+                   f"--steps {a.steps}" + (f" --only {a.only}" if a.only else ""))
+        run(name, a.seeds, a.steps, Path(a.work_dir), Path(a.out_dir), log=_log, data=a.data, command=command,
+            only=a.only.split(",") if a.only else None)
     return 0
 
 

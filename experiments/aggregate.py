@@ -58,13 +58,75 @@ def finding(table: dict, metrics: Sequence[str]) -> str:
     return "; ".join(parts) if parts else "fewer than two variants produced a metric"
 
 
+def diff_se(a: dict, b: dict) -> Optional[float]:
+    """Standard error of the difference of two summaries' means over seeds (None below 2 runs each)."""
+    if a["mean"] is None or b["mean"] is None or a["n"] < 2 or b["n"] < 2:
+        return None
+    return math.sqrt(a["sd"] ** 2 / a["n"] + b["sd"] ** 2 / b["n"])
+
+
+def _noise(a: dict, b: dict) -> str:
+    se = diff_se(a, b)
+    if se is None:
+        return "(too few seeds to judge)"
+    d = abs(a["mean"] - b["mean"])
+    return (f"inside seed noise (<= 2 s.e. = {2 * se:.4f})" if d <= 2 * se else
+            f"outside seed noise (> 2 s.e. = {2 * se:.4f})")
+
+
+def headline(table: dict, loss: str = "val_loss", f1: str = "annot_f1") -> str:
+    """One sentence: the best variant on `loss` against the runner-up (inside seed noise or not), then the
+    spread of annotation macro-F1 against the same evaluation's random-init and PCA-50 controls."""
+    rows = {v: r for v, r in table.items() if r[loss]["mean"] is not None}
+    if len(rows) < 2:
+        return "fewer than two variants produced a validation loss"
+    order = sorted(rows, key=lambda v: rows[v][loss]["mean"])
+    best, second, worst = order[0], order[1], order[-1]
+    b, s2, w = rows[best][loss], rows[second][loss], rows[worst][loss]
+    out = (f"{best} has the lowest {loss} ({b['mean']:.4f} ± {b['sd']:.4f}); its lead over {second} "
+           f"({s2['mean'] - b['mean']:+.4f}) is {_noise(b, s2)}")
+    if worst != second:
+        out += f" and over the worst, {worst} ({w['mean'] - b['mean']:+.4f}), {_noise(b, w)}"
+    fr = {v: r[f1] for v, r in table.items() if f1 in r and r[f1]["mean"] is not None}
+    if len(fr) >= 1:
+        hi, lo = max(fr, key=lambda v: fr[v]["mean"]), min(fr, key=lambda v: fr[v]["mean"])
+        out += (f"; held-out annotation macro-F1 spans {fr[lo]['mean']:.3f} ({lo}) to {fr[hi]['mean']:.3f} ({hi})"
+                + (f", {_noise(fr[hi], fr[lo])}" if hi != lo else ""))
+        ctrl = []
+        for key, label in (("random_init_f1", "random init"), ("pca_f1", "PCA-50")):
+            vals = [r[key]["mean"] for r in table.values() if key in r and r[key]["mean"] is not None]
+            if vals:
+                ctrl.append(f"{label} {np.mean(vals):.3f}")
+        if ctrl:
+            out += f", against {' and '.join(ctrl)} (same evaluations, mean over variants)"
+    return out + "."
+
+
 def results_markdown(title: str, table: dict, metrics: Sequence[str], *, command: str, setup: str,
-                     paper: str, notes: Sequence[str], machine: dict, seconds: float) -> str:
-    """The results page: what was run (exact command), the table, and how it differs from the paper."""
-    lines = [f"# {title}", "", f"Command: `{command}`", "", setup, "",
-             "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+                     paper: str, notes: Sequence[str], machine: dict, seconds: float,
+                     headline: Optional[str] = None, graphs: Optional[dict] = None) -> str:
+    """The results page: what was run (exact command), the table, and how it differs from the paper.
+
+    `headline`: the one-sentence finding, shown first; `graphs`: per graph kind its prepare diagnostics."""
+    lines = [f"# {title}", ""]
+    if headline:
+        lines += [f"**Finding:** {headline}", ""]
+    lines += [f"Command: `{command}`", "", setup, "",
+              "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     lines += [f"| {v} | " + " | ".join(fmt(row[m]) for m in metrics) + " |" for v, row in table.items()]
-    lines += ["", "Finding: " + finding(table, metrics), "", f"Paper: {paper}", "",
+    lines += ["", ("Per metric (range of means vs the largest seed sd): " if headline else "Finding: ")
+              + finding(table, metrics), ""]
+    if graphs:
+        lines += ["Graphs in the shards (prepare's diagnostics):", "",
+                  "| kind | graph | gene tokens with >= 1 edge | edges per cell (median, p10, p90) |", "|---|---|---|---|"]
+        for kind, d in graphs.items():
+            for which, g in d.items():
+                e = g.get("edges_per_cell") or {}
+                frac = g.get("gene_tokens_with_edge_fraction")
+                lines.append(f"| {kind} | {which} | {'-' if frac is None else f'{100 * frac:.1f} %'} | "
+                             f"{e.get('median', '-')}, {e.get('p10', '-')}, {e.get('p90', '-')} |")
+        lines.append("")
+    lines += [f"Paper: {paper}", "",
               "## How these numbers differ from the paper's, and why", ""]
     lines += [f"- {n}" for n in notes]
     lines += ["", "## Machine", "", ", ".join(f"{k}: {v}" for k, v in machine.items())
