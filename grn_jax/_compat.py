@@ -52,13 +52,18 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'grn_jax._compat' has no attribute {name!r}")
 
 
-def shard_map(fn, *, mesh, in_specs, out_specs, check_vma: bool = True):
-    """`jax.shard_map(fn, mesh=..., in_specs=..., out_specs=..., check_vma=...)` on any supported JAX."""
+def shard_map(fn, *, mesh, in_specs, out_specs, check_vma: bool = True, axis_names=None):
+    """`jax.shard_map(fn, mesh=..., in_specs=..., out_specs=..., check_vma=..., axis_names=...)` on any supported JAX.
+
+    `axis_names`: the mesh axes the body is manual over (default all); the others stay automatic.
+    """
     if hasattr(jax, "shard_map"):
-        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check_vma)
+        extra = {} if axis_names is None else {"axis_names": frozenset(axis_names)}
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check_vma, **extra)
     from jax.experimental.shard_map import shard_map as _legacy  # noqa: PLC0415  (JAX < 0.7)
 
-    return _legacy(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=check_vma)
+    extra = {} if axis_names is None else {"auto": frozenset(mesh.axis_names) - frozenset(axis_names)}
+    return _legacy(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=check_vma, **extra)
 
 
 def get_abstract_mesh():

@@ -105,6 +105,11 @@ class TrainConfig:
     async_checkpoint: bool = True
     tensorboard: bool = True
     progress: bool = True
+    # Sum gradients and metrics over the batch shards (data x fsdp) in one fixed order instead of the
+    # all-reduce's, so a step is bit-identical on any device layout and process split with the same
+    # data x fsdp product (grn_jax.train.step.per_batch_shard says when: tensor <= 2). Cost: every device
+    # holds the whole parameters and all data x fsdp per-shard gradients during the step (no FSDP saving).
+    deterministic_reductions: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_batches"):
@@ -128,6 +133,8 @@ class TrainConfig:
         _check(self.keep_best >= 0, "train.keep_best", f"must be >= 0, got {self.keep_best}")
         _check(isinstance(self.seed, int) and self.seed >= 0, "train.seed", f"must be an integer >= 0, got {self.seed!r}")
         _check(bool(self.run_dir), "train.run_dir", "must be a non-empty path")
+        _check(isinstance(self.deterministic_reductions, bool), "train.deterministic_reductions",
+               f"must be true or false, got {self.deterministic_reductions!r}")
 
     @property
     def micro_batch_size(self) -> int:

@@ -42,6 +42,20 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+
+def _without_batch_axes(target):
+    names = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+    kept = tuple(n for n in names if n not in BATCH_MESH_AXES)
+    return None if not kept else (kept[0] if len(kept) == 1 else kept)
+
+
+# The table inside one batch shard (`grn_jax.train.step` with train.deterministic_reductions): data and fsdp
+# are already split by the shard_map around the computation, so no logical axis may name them there;
+# heads / mlp keep tensor.
+PER_SHARD_AXIS_RULES: tuple[tuple[str, Any], ...] = tuple(
+    (name, _without_batch_axes(target)) for name, target in LOGICAL_AXIS_RULES)
+
+
 def resolve_mesh_shape(cfg: MeshConfig, n_devices: int) -> dict:
     """Mesh axis sizes with the -1 entry filled so that their product is `n_devices`."""
     sizes = cfg.as_dict()
@@ -106,6 +120,13 @@ def with_rules(fn, mesh: Optional[Mesh] = None):
         with rules_in_force(mesh):
             return fn(*args, **kwargs)
     return traced
+
+
+@contextlib.contextmanager
+def per_shard_rules_in_force():
+    """`PER_SHARD_AXIS_RULES` in force: for code inside a shard_map that is manual over the batch axes."""
+    with nn.logical_axis_rules(PER_SHARD_AXIS_RULES):
+        yield
 
 
 def fit_sharding_to_shape(sharding: NamedSharding, shape: Sequence[int]) -> tuple[NamedSharding, int]:

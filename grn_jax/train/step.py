@@ -9,13 +9,15 @@ refuses to write a non-finite update into the state.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
+from grn_jax import _compat
 from grn_jax.train import losses
 from grn_jax.types import GENE_SPECIAL_TOKENS
 from grn_jax.train import sharding as sh
@@ -80,13 +82,70 @@ def _split_micro(batch, n_micro: int):
     return jax.tree_util.tree_map(split, batch)
 
 
+def _sum_in_shard_order(x_G: jax.Array) -> jax.Array:
+    """x[0] + x[1] + ... + x[G-1], left to right: one fixed order of float additions."""
+    total = x_G[0]
+    for i in range(1, x_G.shape[0]):
+        total = total + x_G[i]
+    return total
+
+
+def per_batch_shard(local_fn: Callable, finish: Optional[Callable] = None, mesh=None) -> Callable:
+    """(x, batch, rng) -> finish(x, total): `total` sums `local_fn` over the batch shards in one fixed order.
+
+    `local_fn(x, local_batch, rng)` runs once per batch shard (the cells on
+    one data x fsdp position, B / (data x fsdp) of them) inside a shard_map
+    that is manual over the batch axes and automatic over tensor: `x` (the
+    train state, or the parameters) enters whole over fsdp (an all-gather,
+    exact), gradients are the shard's own (no collective), and shard g draws
+    its randomness from fold_in(rng, g). The per-shard results are then
+    all-gathered (exact: no arithmetic) and added on every device in shard
+    order, x0 + x1 + ... + x_{G-1}; `finish` (the optimiser update: gradient
+    norm, clipping, AdamW) runs on that total on every device, still inside,
+    so no reduction of it is split over data or fsdp either. The result thus
+    depends on the mesh's data x fsdp product and on nothing else of the
+    layout: not on which device holds which shard, nor on fsdp, nor on how
+    the devices are split across processes (whose all-reduce sums in its
+    own order: a cross-process ring in another order than one process).
+
+    Exact as long as the reductions left inside a shard are order-free: the
+    tensor axis (attention output projection, MLP down-projection, the
+    input-embedding gradient, the norm of tensor-split gradients) reduces
+    over `tensor` devices in the collective's order, which is exact for
+    tensor <= 2 (a + b == b + a) and otherwise only between layouts that
+    place the tensor groups alike. `mesh` defaults to the mesh in context
+    (`sharding.with_rules`, as `jit_train_step` traces the step).
+    """
+    batch_axes = sh.BATCH_MESH_AXES
+
+    def body(x, batch, rng):
+        shard = jax.lax.axis_index(batch_axes)
+        with sh.per_shard_rules_in_force():
+            out = local_fn(x, batch, jax.random.fold_in(rng, shard))
+        gathered = jax.lax.all_gather(out, batch_axes)  # [G, ...] on every device, in shard order
+        total = jax.tree_util.tree_map(_sum_in_shard_order, gathered)
+        return total if finish is None else finish(x, total)
+
+    def run(x, batch, rng):
+        m = mesh if mesh is not None else _compat.get_abstract_mesh()
+        if m is None:
+            raise ValueError("train.deterministic_reductions: the step needs a mesh in context; "
+                             "jit it with grn_jax.train.step.jit_train_step (or trace it in sharding.with_rules)")
+        # check_vma=False: gradients of the (replicated) inputs stay the shard's own, with no implicit
+        # psum; out_specs P() holds because every device computes the same total and `finish` from it
+        return _compat.shard_map(body, mesh=m, in_specs=(P(), P(batch_axes), P()), out_specs=P(),
+                                 check_vma=False, axis_names=batch_axes)(x, batch, rng)
+
+    return run
+
+
 def make_train_step(apply_fn: ApplyFn, mask_fn: MaskFn, tx: optax.GradientTransformation,
                     cfg: TrainConfig) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """The (un-jitted) step: (state, batch) -> (new state, metrics)."""
     schedule_fn = make_schedule(cfg)
     n_micro = cfg.grad_accum
 
-    def grads_and_sums(params, batch, rng):
+    def local_grads_and_sums(params, batch, rng):
         grad_fn = jax.value_and_grad(lambda p, b, r: _sums(apply_fn, p, b, r, False, cfg), has_aux=True)
         if n_micro == 1:
             (_, sums), g_sum = grad_fn(params, batch, rng)
@@ -106,11 +165,7 @@ def make_train_step(apply_fn: ApplyFn, mask_fn: MaskFn, tx: optax.GradientTransf
             body, (zeros, zero_sums), (_split_micro(batch, n_micro), jnp.arange(n_micro)))
         return g_sum, sums
 
-    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
-        key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
-        mask_key, dropout_key = jax.random.split(key)
-        batch = mask_fn(mask_key, batch)
-        g_sum, sums = grads_and_sums(state.params, batch, dropout_key)
+    def update(state: TrainState, g_sum, sums) -> tuple[TrainState, dict]:
         ce_sum, count, correct = sums["ce_sum"], sums["count"], sums["correct"]
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom.astype(g.dtype), g_sum)
@@ -135,16 +190,33 @@ def make_train_step(apply_fn: ApplyFn, mask_fn: MaskFn, tx: optax.GradientTransf
             metrics["cell_accuracy"] = losses.safe_mean(sums["cell_correct"], sums["cell_count"])
         return new, metrics
 
+    if cfg.deterministic_reductions:
+        grads_then_update = per_batch_shard(lambda state, b, r: local_grads_and_sums(state.params, b, r),
+                                            finish=lambda state, total: update(state, *total))
+    else:
+        def grads_then_update(state, batch, rng):
+            return update(state, *local_grads_and_sums(state.params, batch, rng))
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
+        mask_key, dropout_key = jax.random.split(key)
+        return grads_then_update(state, mask_fn(mask_key, batch), dropout_key)
+
     return train_step
 
 
 def make_eval_step(apply_fn: ApplyFn, mask_fn: MaskFn, cfg: TrainConfig) -> Callable:
     """(params, batch, batch_index) -> sums of loss / masked count / correct, deterministic masks."""
 
+    def local_sums(params, batch, key):
+        return _sums(apply_fn, params, batch, key, True, cfg)[1]
+
+    sums_fn = per_batch_shard(local_sums) if cfg.deterministic_reductions else local_sums
+
     def eval_step(params, batch, batch_index):
         key = jax.random.fold_in(jax.random.key(cfg.seed + EVAL_SEED_OFFSET), batch_index)
         batch = mask_fn(key, batch)
-        _, sums = _sums(apply_fn, params, batch, key, True, cfg)
+        sums = sums_fn(params, batch, key)
         out = {"loss_sum": sums["ce_sum"], "n_masked": sums["count"], "correct": sums["correct"]}
         if "cell_sum" in sums:
             out.update(cell_loss_sum=sums["cell_sum"], n_cell_tokens=sums["cell_count"],
