@@ -74,9 +74,11 @@ def _noise(a: dict, b: dict) -> str:
             f"outside seed noise (> 2 s.e. = {2 * se:.4f})")
 
 
-def headline(table: dict, loss: str = "val_loss", f1: str = "annot_f1") -> str:
-    """One sentence: the best variant on `loss` against the runner-up (inside seed noise or not), then the
-    spread of annotation macro-F1 against the same evaluation's random-init and PCA-50 controls."""
+def headline(table: dict, loss: str = "val_loss", f1: str = "annot_f1", acc_key: str = "val_acc",
+             trivial: str = "val_best_trivial") -> str:
+    """One sentence: the best variant on `loss` against the runner-up and the worst (inside seed noise or not),
+    the masked-bin accuracy against the trivial predictor, then the spread of annotation macro-F1 against the
+    same evaluation's random-init and PCA-50 controls."""
     rows = {v: r for v, r in table.items() if r[loss]["mean"] is not None}
     if len(rows) < 2:
         return "fewer than two variants produced a validation loss"
@@ -87,6 +89,11 @@ def headline(table: dict, loss: str = "val_loss", f1: str = "annot_f1") -> str:
            f"({s2['mean'] - b['mean']:+.4f}) is {_noise(b, s2)}")
     if worst != second:
         out += f" and over the worst, {worst} ({w['mean'] - b['mean']:+.4f}), {_noise(b, w)}"
+    acc = {v: r[acc_key]["mean"] for v, r in table.items() if acc_key in r and r[acc_key]["mean"] is not None}
+    triv = [r[trivial]["mean"] for r in table.values() if trivial in r and r[trivial]["mean"] is not None]
+    if acc and triv:
+        out += (f"; masked-bin accuracy {min(acc.values()):.3f}-{max(acc.values()):.3f} against "
+                f"{np.mean(triv):.3f} for the best trivial predictor")
     fr = {v: r[f1] for v, r in table.items() if f1 in r and r[f1]["mean"] is not None}
     if len(fr) >= 1:
         hi, lo = max(fr, key=lambda v: fr[v]["mean"]), min(fr, key=lambda v: fr[v]["mean"])

@@ -58,3 +58,18 @@ def test_finding_compares_the_spread_with_the_seed_sd():
     t = agg.aggregate([{"variant": "a", "x": 1.0}, {"variant": "a", "x": 1.01},
                        {"variant": "b", "x": 2.0}, {"variant": "b", "x": 2.01}], ["x"])
     assert agg.finding(t, ["x"]).endswith("range exceeds 2 x the largest sd; highest mean: b")
+
+
+def test_headline_says_whether_the_lead_is_inside_seed_noise():
+    rows = [{"variant": "a", "val_loss": 1.00}, {"variant": "a", "val_loss": 1.02},
+            {"variant": "b", "val_loss": 1.01}, {"variant": "b", "val_loss": 1.03},
+            {"variant": "c", "val_loss": 2.00}, {"variant": "c", "val_loss": 2.02}]
+    t = agg.aggregate(rows, ["val_loss"])
+    h = agg.headline(t)
+    # a vs b: diff 0.01, s.e. sqrt(2 * 0.0002 / 2) = 0.01414: inside; a vs c: diff 1.0: outside
+    assert h.startswith("a has the lowest val_loss (1.0100 ± 0.0141)")
+    assert "over b (+0.0100) is inside seed noise (<= 2 s.e. = 0.0283)" in h
+    assert "c (+1.0000), outside seed noise" in h and h.endswith(".")
+    # one seed each: no verdict is given
+    one = agg.aggregate([{"variant": "a", "val_loss": 1.0}, {"variant": "b", "val_loss": 1.1}], ["val_loss"])
+    assert "(too few seeds to judge)" in agg.headline(one)
