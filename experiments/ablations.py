@@ -575,7 +575,7 @@ def write_results(name: str, rows: list, seeds: int, steps: int, seconds: float,
         head = headline(table)
     md = results_markdown(spec["title"] + (f" ({data})" if data != "pbmc" else ""), table, METRICS,
                           command=command, setup=setup, paper=spec["paper"], notes=notes, machine=mach,
-                          seconds=seconds, headline=head, graphs=graphs)
+                          seconds=seconds, headline=head, graphs=graphs, rows=rows if data != "pbmc" else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.md").write_text(md)
     rec = {"name": name, "data": data, "command": command, "seeds": seeds, "steps": steps, "seconds": seconds,

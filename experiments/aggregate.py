@@ -109,9 +109,40 @@ def headline(table: dict, loss: str = "val_loss", f1: str = "annot_f1", acc_key:
     return out + "."
 
 
+def paired(rows: Sequence[dict], metric: str, a: str, b: str) -> dict:
+    """a - b per seed where both ran (same validation cells and masks within a seed): diffs, mean, s.e. over seeds."""
+    va = {r.get("seed"): r.get(metric) for r in rows if r["variant"] == a and r.get(metric) is not None}
+    vb = {r.get("seed"): r.get(metric) for r in rows if r["variant"] == b and r.get(metric) is not None}
+    d = [float(va[k] - vb[k]) for k in sorted(set(va) & set(vb), key=str)]
+    se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None
+    return {"a": a, "b": b, "diffs": d, "mean": float(np.mean(d)) if d else None, "se": se}
+
+
+def paired_lines(rows: Sequence[dict], table: dict, metric: str = "val_loss") -> list:
+    """Markdown: every variant against the one with the lowest mean `metric`, paired by seed."""
+    have = {v: r[metric]["mean"] for v, r in table.items() if r[metric]["mean"] is not None}
+    if len(have) < 2:
+        return []
+    best = min(have, key=have.get)
+    lines = [f"Paired by seed against {best} ({metric}: other - {best}; same validation cells and masks within a "
+             "seed; s.e. over seeds, a rough screen with 2-3 seeds):", "",
+             "| variant | mean diff | per seed | s.e. | > 2 s.e. |", "|---|---|---|---|---|"]
+    for v in have:
+        if v == best:
+            continue
+        p = paired(rows, metric, v, best)
+        if p["mean"] is None:
+            continue
+        se = "-" if p["se"] is None else f"{p['se']:.4f}"
+        out = "-" if p["se"] is None else ("yes" if abs(p["mean"]) > 2 * p["se"] else "no")
+        lines.append(f"| {v} | {p['mean']:+.4f} | {', '.join(f'{x:+.4f}' for x in p['diffs'])} | {se} | {out} |")
+    return lines + [""]
+
+
 def results_markdown(title: str, table: dict, metrics: Sequence[str], *, command: str, setup: str,
                      paper: str, notes: Sequence[str], machine: dict, seconds: float,
-                     headline: Optional[str] = None, graphs: Optional[dict] = None) -> str:
+                     headline: Optional[str] = None, graphs: Optional[dict] = None,
+                     rows: Optional[Sequence[dict]] = None) -> str:
     """The results page: what was run (exact command), the table, and how it differs from the paper.
 
     `headline`: the one-sentence finding, shown first; `graphs`: per graph kind its prepare diagnostics."""
@@ -123,6 +154,8 @@ def results_markdown(title: str, table: dict, metrics: Sequence[str], *, command
     lines += [f"| {v} | " + " | ".join(fmt(row[m]) for m in metrics) + " |" for v, row in table.items()]
     lines += ["", ("Per metric (range of means vs the largest seed sd): " if headline else "Finding: ")
               + finding(table, metrics), ""]
+    if rows:
+        lines += paired_lines(rows, table)
     if graphs:
         lines += ["Graphs in the shards (prepare's diagnostics):", "",
                   "| kind | graph | gene tokens with >= 1 edge | edges per cell (median, p10, p90) |", "|---|---|---|---|"]
