@@ -168,12 +168,19 @@ def permutation_null(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig, 
             r_RxG = zr_RxN @ z_NxG[:, genes].astype(np.float64) / n
             null.append(mi_lib.gaussian_mi_closed_form(np.clip(r_RxG, -1 + 1e-12, 1 - 1e-12))[
                 regs[:, None] != genes[None, :]])
-    else:  # every round's permuted regulators against the union of their genes: one histogram product
-        cols = np.unique(np.concatenate([genes for _, genes, _ in rounds]))
-        xr_NxK = np.concatenate([ranks_NxG[perm_RxN, regs[:, None]].T for regs, _, perm_RxN in rounds], axis=1)
+    else:  # every round's permuted regulators against the union of their genes: one histogram product,
+        # over the rows that reach the first K pairs only (the last round's other regulators are never used)
+        need, used = k, []
+        for regs, genes, perm_RxN in rounds:
+            upto = np.cumsum((regs[:, None] != genes[None, :]).sum(axis=1))
+            rows = min(regs.size, int(np.searchsorted(upto, need)) + 1)
+            used.append((regs[:rows], genes, perm_RxN[:rows]))
+            need -= int(upto[rows - 1])
+        cols = np.unique(np.concatenate([genes for _, genes, _ in used]))
+        xr_NxK = np.concatenate([ranks_NxG[perm_RxN, regs[:, None]].T for regs, _, perm_RxN in used], axis=1)
         mi_KxC = mi_lib.adaptive_partition_mi_grid(xr_NxK, ranks_NxG[:, cols])
         row = 0
-        for regs, genes, _ in rounds:
+        for regs, genes, _ in used:
             block = mi_KxC[row:row + regs.size][:, np.searchsorted(cols, genes)]
             null.append(block[regs[:, None] != genes[None, :]])
             row += regs.size

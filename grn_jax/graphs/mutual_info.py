@@ -90,11 +90,42 @@ def rank_transform(x_NxG: np.ndarray, *, ties: str = "average", rng: Optional[np
         return _midranks(x_NxG)
     if ties == "random":
         rng = rng if rng is not None else np.random.default_rng(0)
-        order_NxG = np.lexsort((rng.random(x_NxG.shape), x_NxG), axis=0)
+        key_NxG = rng.random(x_NxG.shape)
+        ranks_GxN = _random_tie_ranks(x_NxG, key_NxG)
+        if ranks_GxN is not None:
+            return ranks_GxN.T
+        order_NxG = np.lexsort((key_NxG, x_NxG), axis=0)
         ranks_NxG = np.empty(x_NxG.shape, dtype=np.int32)
         np.put_along_axis(ranks_NxG, order_NxG, np.arange(x_NxG.shape[0], dtype=np.int32)[:, None], axis=0)
         return ranks_NxG
     raise ValueError(f"ties must be 'average' or 'random', got {ties!r}")
+
+
+def _random_tie_ranks(x_NxG: np.ndarray, key_NxG: np.ndarray) -> Optional[np.ndarray]:
+    """Ranks [G, N] (int32) of each gene's cells by (value, key): the order of `np.lexsort((key, x), axis=0)`,
+    sorted gene-major in three cheaper passes -- each gene's values to dense ranks d (< 2^16), the cells by
+    key, then a stable radix sort by d. None (the caller lexsorts) for >= 2^16 cells, non-finite values or
+    a repeated key within a gene (where lexsort's index order would decide)."""
+    n, g = x_NxG.shape
+    if n == 0 or g == 0 or n >= 1 << 16 or not np.isfinite(x_NxG).all():
+        return None
+    x_GxN = np.ascontiguousarray(x_NxG.T)
+    order = np.argsort(x_GxN, axis=1)
+    xs = np.take_along_axis(x_GxN, order, axis=1)
+    step = np.zeros((g, n), np.uint16)
+    np.not_equal(xs[:, 1:], xs[:, :-1], out=step[:, 1:])
+    dense_GxN = np.empty((g, n), np.uint16)
+    np.put_along_axis(dense_GxN, order, np.cumsum(step, axis=1, dtype=np.uint16), axis=1)
+    key_GxN = np.ascontiguousarray(key_NxG.T)
+    by_key = np.argsort(key_GxN, axis=1)
+    ks = np.take_along_axis(key_GxN, by_key, axis=1)
+    if (ks[:, 1:] == ks[:, :-1]).any():
+        return None
+    order = np.take_along_axis(by_key, np.argsort(np.take_along_axis(dense_GxN, by_key, axis=1), axis=1,
+                                                  kind="stable"), axis=1)
+    ranks_GxN = np.empty((g, n), np.int32)
+    np.put_along_axis(ranks_GxN, order, np.broadcast_to(np.arange(n, dtype=np.int32), (g, n)), axis=1)
+    return ranks_GxN
 
 
 def _midranks(x_NxG: np.ndarray) -> np.ndarray:
@@ -340,24 +371,86 @@ def adaptive_partition_mi(xr_NxP: np.ndarray, yr_NxP: np.ndarray, *, chi2_thresh
 def _ap_finish(h_PxBxB, xr_AxN, yr_BxN, a_P, b_P, tree, chi2_threshold: float,
                max_points: int = 1 << 22) -> np.ndarray:
     """MI [P] of the pairs (xr[a_P[p]], yr[b_P[p]]) (rank rows, pair-major) from their depth-D histograms,
-    continuing the trees that go deeper from their live depth-D cells, point by point (`_ap_levels`)."""
-    bins_N, widths, (lo_B, hi_B) = tree
+    continuing the trees that go deeper from their live depth-D cells (`_ap_sorted`)."""
+    _, widths, _ = tree
     n, nb = xr_AxN.shape[1], h_PxBxB.shape[1]
     acc, live_PxBxB = _ap_from_hist(h_PxBxB, widths, n, chi2_threshold)
     deep_all = np.flatnonzero(live_PxBxB.any(axis=(1, 2)))
     step = max(1, max_points // n)
-    for s in range(0, deep_all.size, step):  # the points of live cells, grouped by (pair, cell): `_ap_levels`' state
+    for s in range(0, deep_all.size, step):
         deep = deep_all[s:s + step]
-        xs, ys = xr_AxN[a_P[deep]], yr_BxN[b_P[deep]]  # [P_deep, N]
-        cell = bins_N[xs] * nb + bins_N[ys]
-        keep = live_PxBxB[deep].reshape(deep.size, -1)[np.arange(deep.size)[:, None], cell]
-        key = (np.arange(deep.size)[:, None] * (nb * nb) + cell)[keep]
-        order = np.argsort(key, kind="stable")
-        seg_key, seg_len = np.unique(key[order], return_counts=True)
-        cx, cy = np.divmod(seg_key % (nb * nb), nb)
-        acc[deep] += _ap_levels(xs[keep][order], ys[keep][order], seg_len, seg_key // (nb * nb),
-                                lo_B[cx], hi_B[cx], lo_B[cy], hi_B[cy], deep.size, chi2_threshold, root=False)
+        pair, cx, cy = np.nonzero(live_PxBxB[deep])
+        acc[deep] += _ap_sorted(xr_AxN[a_P[deep]], yr_BxN[b_P[deep]], pair, cx, cy, nb.bit_length() - 1,
+                                chi2_threshold)
     return acc / n + np.log(n)
+
+
+@functools.lru_cache(maxsize=16)
+def _full_paths(n: int):
+    """Every rank's path through the fixed interval tree down to depth D = ceil(log2 n) (where every
+    interval has width <= 1), its bits spread to the even bit positions (int64 [n]); and the interval
+    widths per depth 0..D. Read-only (cached)."""
+    depth = max(1, (n - 1).bit_length())
+    idx, widths, _ = _interval_tree(n, depth)
+    return depth, _spread_bits(idx, depth), widths
+
+
+def _spread_bits(i: np.ndarray, bits: int) -> np.ndarray:
+    """Bit b of each int to bit 2b (int64): one axis of a Morton code."""
+    i = np.asarray(i, np.int64)
+    out = np.zeros(i.shape, np.int64)
+    for b in range(bits):
+        out |= ((i >> b) & 1) << (2 * b)
+    return out
+
+
+def _ap_sorted(xs_PxN: np.ndarray, ys_PxN: np.ndarray, cell_pair, cx, cy, depth0: int,
+               chi2_threshold: float) -> np.ndarray:
+    """The leaf sum [P] of the trees below the live cells (cell_pair, cx, cy) at depth `depth0` of P pairs of
+    rank rows, level by level, without touching the points again after one sort.
+
+    Each point's Morton code interleaves its x and y paths through the fixed tree (x bit first: the
+    quadrant order q = 2 x-half + y-half), so after sorting each pair's codes every cell at every depth is a
+    contiguous run, and a cell's four quadrant counts are differences of binary-search positions in the
+    sorted codes (three searches per live cell and level instead of a pass over its points). Cells are
+    visited, and their leaves added, in the order of `_ap_levels`, with the same arithmetic: same bits.
+    """
+    n = xs_PxN.shape[1]
+    depth, spread, widths = _full_paths(n)
+    code_PxN = np.sort((spread[xs_PxN] << 1) | spread[ys_PxN], axis=1)
+    code_PxN += (np.arange(xs_PxN.shape[0], dtype=np.int64) << (2 * depth))[:, None]  # pairs in sequence
+    flat = code_PxN.ravel()
+    acc = np.zeros(xs_PxN.shape[0], np.float64)
+    cell_pair = np.asarray(cell_pair, np.int64)
+    ix, iy = np.asarray(cx, np.int64), np.asarray(cy, np.int64)
+    m = (_spread_bits(ix, depth0) << 1) | _spread_bits(iy, depth0)  # the cells' Morton prefixes
+    base = cell_pair << (2 * depth)
+    shift = 2 * (depth - depth0)
+    start, end = np.searchsorted(flat, base + (m << shift)), np.searchsorted(flat, base + ((m + 1) << shift))
+    qx_4, qy_4, q_4 = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), np.arange(4)
+    d = depth0
+    while m.size:
+        shift = 2 * (depth - d - 1)
+        bounds = np.stack([start] + [np.searchsorted(flat, base + ((4 * m + q) << shift)) for q in (1, 2, 3)]
+                          + [end], axis=1)
+        counts_Sx4 = np.diff(bounds, axis=1)
+        seg_len = end - start
+        expected = seg_len / 4.0
+        chi2 = ((counts_Sx4 - expected[:, None]) ** 2).sum(axis=1) / expected
+        split = chi2 > chi2_threshold
+        leaf = ~split  # cells that pass the uniformity test are leaves
+        np.add.at(acc, cell_pair[leaf], _leaf_info(seg_len[leaf], widths[d][ix[leaf]], widths[d][iy[leaf]]))
+        cix, ciy = 2 * ix[:, None] + qx_4, 2 * iy[:, None] + qy_4
+        small = split[:, None] & (counts_Sx4 <= 2)  # quadrants with <= 2 points are leaves
+        np.add.at(acc, np.broadcast_to(cell_pair[:, None], small.shape)[small],
+                  _leaf_info(counts_Sx4[small], widths[d + 1][cix[small]], widths[d + 1][ciy[small]]))
+        live = split[:, None] & (counts_Sx4 > 2)
+        cell_pair = np.broadcast_to(cell_pair[:, None], live.shape)[live]
+        ix, iy, m = cix[live], ciy[live], (4 * m[:, None] + q_4)[live]
+        start, end = bounds[:, :4][live], bounds[:, 1:][live]
+        base = cell_pair << (2 * depth)
+        d += 1
+    return acc
 
 
 def _ap_chunk(xr_NxP: np.ndarray, yr_NxP: np.ndarray, chi2_threshold: float) -> np.ndarray:
