@@ -4,8 +4,8 @@ XLA's `cost_analysis()` counts the body of a while loop once, so a scanned
 layer stack, `grad_accum` micro-batches and the Chebyshev recurrence are all
 undercounted (by ~12x on the shipped configs). Here the traced program itself
 is walked: `scan` bodies count `length` times (a static `fori_loop` is a scan),
-`cond` counts its most expensive branch, remat recomputation counts where it
-appears in the backward pass. Matrix products count 2 x M x N x K; elementwise
+`cond` counts its most expensive branch, a `shard_map` body (local shapes) counts
+once per shard, remat recomputation counts where it appears in the backward pass. Matrix products count 2 x M x N x K; elementwise
 arithmetic and reductions count one FLOP per element (HloCostAnalysis' rule).
 What cannot be counted (a `while_loop` of unknown trip count beyond its body
 once, Pallas or FFI kernels) is listed in `uncounted`, never silently dropped.
@@ -74,6 +74,15 @@ def _sub_jaxprs(value) -> list:
     return []
 
 
+def _manual_shards(params) -> int:
+    """How many shards a shard_map body runs as: the product of its manual mesh axes' sizes."""
+    mesh = params["mesh"]
+    manual = params.get("newly_manual_axes", params.get("manual_axes"))  # JAX 0.10 / earlier spellings
+    if manual is None:
+        manual = set(mesh.axis_names) - set(params.get("auto", ()))
+    return math.prod(dict(mesh.shape)[a] for a in manual)
+
+
 def _count_jaxpr(jaxpr) -> FlopCount:
     out = FlopCount()
     for eqn in jaxpr.eqns:
@@ -96,9 +105,11 @@ def _count_jaxpr(jaxpr) -> FlopCount:
             out.add(_count_jaxpr(eqn.params["body_jaxpr"].jaxpr))
             out.add(_count_jaxpr(eqn.params["cond_jaxpr"].jaxpr))
             out.uncounted["while (body counted once)"] = out.uncounted.get("while (body counted once)", 0) + 1
+        elif name == "shard_map":  # the body holds one shard's shapes: it runs once per shard of its manual axes
+            out.add(_count_jaxpr(_sub_jaxprs(eqn.params["jaxpr"])[0]), times=_manual_shards(eqn.params))
         elif name in _OPAQUE:
             out.uncounted[name] = out.uncounted.get(name, 0) + 1
-        else:  # pjit, remat, custom_jvp/vjp calls, shard_map, ...: whatever sub-programs they hold
+        else:  # pjit, remat, custom_jvp/vjp calls, ...: whatever sub-programs they hold
             for value in eqn.params.values():
                 for sub in _sub_jaxprs(value):
                     out.add(_count_jaxpr(sub))

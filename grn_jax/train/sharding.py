@@ -2,7 +2,9 @@
 
 Models name logical axes only (`grn_jax.axes`); this file decides where they
 live: cells over data x fsdp, parameters and optimiser state over fsdp, heads
-and MLP width over tensor. JAX's SPMD partitioner does the rest.
+and MLP width over tensor. JAX's SPMD partitioner does the rest. Inside one
+batch shard (train.deterministic_reductions) `PER_SHARD_AXIS_RULES` is the
+same table less the batch axes.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     (axes.EDGES, None),
     (axes.CLASSES, None),
 )
-
 
 
 def _without_batch_axes(target):
