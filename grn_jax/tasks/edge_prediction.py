@@ -102,6 +102,23 @@ def mask_cell_edges(pairs: np.ndarray, n_tokens: int, fraction: float, rng: np.r
     return observed, hidden, negatives
 
 
+def hide_pairs(senders: np.ndarray, receivers: np.ndarray, edge_mask: np.ndarray, hidden: np.ndarray,
+               n_tokens: int) -> np.ndarray:
+    """One cell's `edge_mask` [E] with every edge over a hidden pair switched off, in either direction.
+
+    `hidden`: [h, 2] 1-based position pairs (p < q); edges whose ends lie outside 0..n_tokens + 1
+    (padding slots) are left as they are. Used on every graph the model reads (the cell-type
+    graph and, for hybrid checkpoints, the cell-specific one), so a hidden edge reaches neither.
+    """
+    hide = np.zeros((n_tokens + 2, n_tokens + 2), bool)
+    hide[hidden[:, 0], hidden[:, 1]] = True
+    lo, hi = np.minimum(senders, receivers), np.maximum(senders, receivers)
+    inside = (lo >= 0) & (hi <= n_tokens + 1)
+    over_hidden = np.zeros(len(edge_mask), bool)
+    over_hidden[inside] = hide[lo[inside], hi[inside]]
+    return np.asarray(edge_mask, bool) & ~over_hidden
+
+
 def _non_edges(pairs: np.ndarray, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """Up to k distinct uniform random pairs (p < q) of positions 1..n that are not in `pairs`."""
     codes = set((pairs[:, 0] * (n + 1) + pairs[:, 1]).tolist())
@@ -138,7 +155,8 @@ def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, o
     Returns (MaskedCell list, counts of the cells left out and why).
     """
     from grn_jax.data.ingest import open_counts
-    from grn_jax.inference.graph_sources import build_graph_source, check_graph_matches_training
+    from grn_jax.inference.graph_sources import (build_cell_graph_source, build_graph_source,
+                                                 check_graph_matches_training)
     from grn_jax.inference.embed import progress_bar
     from grn_jax.inference.model_fn import batch_arrays, call_rows, jitted_inference_fn
     from grn_jax.inference.tokens import TrainingTokenizer
@@ -149,27 +167,38 @@ def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, o
         raise ValueError("edge prediction needs the cells' regulatory graph; pass the network(s) used in training")
     tok = TrainingTokenizer.from_record(pre.tokenization, pre.vocab)
     check_graph_matches_training(graph, pre.tokenization.get("graph"), f"checkpoint {pre.run_dir}")
-    if tok.with_cell_graph:
-        raise ValueError(f"checkpoint {pre.run_dir} uses cell-specific graphs; edge prediction masks the "
-                         "cell-type graph only and does not support it yet")
     models = {"grn_jax": pre, **(others or {})}
     for other in models.values():
         _models_agree(pre, other)
-    fns = {m: jitted_inference_fn(p.model_config, False) for m, p in models.items()}
+    # hybrid checkpoints (GRNFormer's two scales) read a cell-specific graph too: built for the new cells as in
+    # `embed` (AUCell against training's thresholds), and the hidden edges are switched off in it as well
+    cell_graph_of = {m: TrainingTokenizer.from_record(p.tokenization, p.vocab).with_cell_graph
+                     for m, p in models.items()}
+    needs_cell_graph = [m for m, flag in cell_graph_of.items() if flag]
+    if needs_cell_graph and not tok.with_cell_graph:
+        raise ValueError(f"edge prediction: the checkpoint(s) {needs_cell_graph} use cell-specific graphs but "
+                         f"{pre.run_dir} does not; compare checkpoints of the same graph scales, or pass the hybrid "
+                         "one first")
+    fns = {m: jitted_inference_fn(p.model_config, cell_graph_of[m]) for m, p in models.items()}
     ingest = tok.ingest_config(backed=False, cell_type_column=None)
     src = open_counts(adata, ingest)
     col_ids, _ = tok.column_map(src)
     gsrc, _ = build_graph_source(graph, pre.vocab, src, 4096, log=lambda m: None)
+    csrc = None
+    if tok.with_cell_graph:
+        csrc, _ = build_cell_graph_source(graph, pre.tokenization.get("cell_graph"), pre.vocab, src, 4096, gsrc,
+                                          log=lambda m: None)
     cells, counts = [], {"cells": int(src.n_cells), "cells_without_tokens": 0, "cells_with_fewer_than_2_edges": 0,
                          "cells_with_fewer_negatives": 0}
     bar = progress_bar(int(src.n_cells), progress)
     for start, block in src.chunks(4096):
-        t = tok.tokenize(block, start, col_ids, src, ingest=ingest, graph_source=gsrc)
+        t = tok.tokenize(block, start, col_ids, src, ingest=ingest, graph_source=gsrc, cell_graph_source=csrc)
         counts["cells_without_tokens"] += int((t.lengths == 0).sum())
         for batch, pos in tok.batches(t, call_rows(batch_size)):
             tb = batch.tokens
-            g = tb.graph
+            g, cg = tb.graph, tb.cell_graph
             edge_mask = np.array(g.edge_mask)
+            cell_edge_mask = None if cg is None else np.array(cg.edge_mask)
             pending = []
             for r in range(len(pos)):  # host-side masking, one seeded generator per cell
                 n = int(tb.token_mask[r].sum()) - 1
@@ -184,17 +213,19 @@ def masked_cells(pre: Pretrained, adata: anndata.AnnData, *, graph: GraphSpec, o
                     continue
                 observed, hidden, negatives = res
                 counts["cells_with_fewer_negatives"] += int(len(negatives) < len(hidden))
-                lo, hi = np.minimum(g.senders[r], g.receivers[r]), np.maximum(g.senders[r], g.receivers[r])
-                hide = np.zeros((n + 2, n + 2), bool)
-                hide[hidden[:, 0], hidden[:, 1]] = True
-                edge_mask[r] &= ~hide[np.clip(lo, 0, n + 1), np.clip(hi, 0, n + 1)]
+                edge_mask[r] = hide_pairs(g.senders[r], g.receivers[r], edge_mask[r], hidden, n)
+                if cg is not None:
+                    cell_edge_mask[r] = hide_pairs(cg.senders[r], cg.receivers[r], cell_edge_mask[r], hidden, n)
                 i = int(pos[r])
                 a, b = int(t.token_ptr[i]), int(t.token_ptr[i + 1])
                 pending.append((r, MaskedCell(row, t.gene_ids[a:b].copy(), t.values[a:b].copy(), observed, hidden,
                                               negatives, {}, {})))
             masked = tb.replace(graph=g.replace(edge_mask=edge_mask))
+            if cg is not None:
+                masked = masked.replace(cell_graph=cg.replace(edge_mask=cell_edge_mask))
             for m, fn in fns.items():
-                _, mean_BxD, hidden_BxSxD = jax.device_get(fn(models[m].params, *batch_arrays(masked, False)))
+                _, mean_BxD, hidden_BxSxD = jax.device_get(fn(models[m].params,
+                                                              *batch_arrays(masked, cell_graph_of[m])))
                 for r, cell in pending:
                     h_NxD = np.asarray(hidden_BxSxD[r, 1:len(cell.gene_ids) + 1], np.float32)
                     cell.hidden[m] = h_NxD[cell.positions - 1]

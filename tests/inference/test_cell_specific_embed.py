@@ -153,3 +153,62 @@ def test_training_cells_rescored_match_the_fit(hybrid):
         apply_thresholds(x[:, :-1], vocab.genes[:-1], nets, fit.thresholds_record(), labels)
     with pytest.raises(ValueError, match="regulons"):
         apply_thresholds(x, vocab.genes, {"t0": nets["t1"], "t1": nets["t1"]}, fit.thresholds_record(), labels)
+
+
+def test_hide_pairs_switches_off_hidden_edges_in_both_directions_only():
+    from grn_jax.tasks.edge_prediction import hide_pairs
+
+    # cell of 5 tokens (positions 1..5); slot 6 is padding (0 -> 0) and one edge points past the cell
+    senders = np.array([1, 3, 2, 4, 5, 0, 9], np.int32)
+    receivers = np.array([3, 1, 4, 2, 1, 0, 1], np.int32)
+    mask = np.array([True, True, True, True, True, False, True])
+    hidden = np.array([[1, 3]])  # both directions of 1-3 go; 2-4, 1-5 stay
+    got = hide_pairs(senders, receivers, mask, hidden, 5)
+    np.testing.assert_array_equal(got, [False, False, True, True, True, False, True])
+    np.testing.assert_array_equal(mask, [True, True, True, True, True, False, True])  # input untouched
+    got = hide_pairs(senders, receivers, mask, np.array([[1, 3], [2, 4], [1, 5]]), 5)
+    np.testing.assert_array_equal(got, [False] * 6 + [True])
+
+
+def test_hybrid_checkpoint_edge_prediction_hides_edges_from_both_graphs(hybrid, monkeypatch):
+    """Masked-edge prediction runs on hybrid checkpoints: the hidden pairs reach neither graph the model reads."""
+    from grn_jax.inference import model_fn
+    from grn_jax.tasks import edge_prediction as ep
+
+    calls, seen = [], []
+    orig_mask, orig_arrays = ep.mask_cell_edges, model_fn.batch_arrays
+
+    def mask_spy(pairs, n, fraction, rng):
+        res = orig_mask(pairs, n, fraction, rng)
+        if res is not None:
+            calls.append(res[1])
+        return res
+
+    def arrays_spy(tokens, with_cell_graph):
+        seen.append((tokens, with_cell_graph))
+        return orig_arrays(tokens, with_cell_graph)
+
+    monkeypatch.setattr(ep, "mask_cell_edges", mask_spy)
+    monkeypatch.setattr(model_fn, "batch_arrays", arrays_spy)
+    cells, counts = ep.masked_cells(hybrid["pre"], hybrid["query"], graph=_spec(hybrid), batch_size=4, seed=1,
+                                    progress=False)
+    assert cells and all(np.isfinite(c.hidden["grn_jax"]).all() for c in cells)
+    assert all(flag for _, flag in seen)  # the hybrid model got its cell-specific graph
+    hidden_all = {tuple(p) for h in calls for p in h}
+    n_cell_edges = 0
+    for tokens, _ in seen:
+        for g in (tokens.graph, tokens.cell_graph):
+            for r in range(tokens.batch_size):
+                on = g.edge_mask[r]
+                active = {(min(a, b), max(a, b)) for a, b in zip(g.senders[r][on], g.receivers[r][on])}
+                n_cell_edges += len(active) if g is tokens.cell_graph else 0
+                # rows share position numbers, so test each row against its own cell's hidden pairs
+                row_cells = [c for c in cells if len(c.gene_ids) == int(tokens.token_mask[r].sum()) - 1
+                             and np.array_equal(c.gene_ids, tokens.gene_ids[r, 1:len(c.gene_ids) + 1])]
+                for c in row_cells:
+                    assert not active & {tuple(p) for p in c.positives}
+    assert hidden_all and n_cell_edges > 0  # not vacuous: edges were hidden and cell-specific edges remain
+    again, _ = ep.masked_cells(hybrid["pre"], hybrid["query"], graph=_spec(hybrid), batch_size=1, seed=1,
+                               progress=False)
+    for a, b in zip(cells, again):  # bitwise: batch-mates and batch size do not matter
+        np.testing.assert_array_equal(a.hidden["grn_jax"], b.hidden["grn_jax"])
