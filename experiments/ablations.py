@@ -473,6 +473,22 @@ def run(name: str, seeds: int, steps: int, work_dir: Path, out_dir: Path, log=pr
                 rows.append({"variant": variant, "seed": seed, **prior[-1]["metrics"]})
                 log(f"{name}: {variant} seed {seed}: recorded in {done_path}")
                 continue
+            if base:  # simulated / zeisel: the same resolved run config recorded by another table (training is
+                # deterministic given the config, e.g. grn_type cell-type == gdka_vs_vanilla gdka): reuse it
+                same = [r for r in recorded_elsewhere(dwork, name)
+                        if r.get("protocol") == protocol and r.get("seed") == seed and r.get("steps") == steps
+                        and r.get("graph") == kind and r.get("base") == base
+                        and run_config_key(kind, r["overrides"], base, seed, steps)
+                        == run_config_key(kind, overrides, base, seed, steps)]
+                if same:
+                    src = same[-1]
+                    metrics = {**src["metrics"], "reused_from": f"{src['table']}/{src['variant']}"}
+                    with done_path.open("a") as f:
+                        f.write(json.dumps({**key, "metrics": metrics}) + "\n")
+                    rows.append({"variant": variant, "seed": seed, **metrics})
+                    log(f"{name}: {variant} seed {seed}: the identical run config is recorded as {src['table']} / "
+                        f"{src['variant']}: reused")
+                    continue
             if shards is None:
                 shards, gspec = prep(kind)
             ts = time.time()
@@ -489,6 +505,37 @@ def run(name: str, seeds: int, steps: int, work_dir: Path, out_dir: Path, log=pr
         extra["graphs"] = graph_summary(dwork, list({k for k, _ in variants.values()}))
     return write_results(name, rows, seeds, steps, time.time() - t0, machine(), out_dir, log, command=command,
                          **extra)
+
+
+def recorded_elsewhere(dwork: Path, name: str) -> list:
+    """Every row recorded by the other tables of this dataset (with its table's name)."""
+    out = []
+    for path in sorted((dwork / "rows").glob("*.jsonl")):
+        if path.stem == name:
+            continue
+        out += [{**json.loads(line), "table": path.stem} for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in out if "reused_from" not in r.get("metrics", {})]
+
+
+def run_config_key(kind: str, overrides: list, base: list, seed: int, steps: int) -> str:
+    """The resolved run config of a (graph kind, overrides, seed) run, run folder aside, as canonical JSON."""
+    import dataclasses
+
+    from grn_jax.config import load_run_config
+
+    cfg = load_run_config(BASE_CONFIG, [f"data.shards=shards/{kind}", "train.run_dir=run", f"train.seed={seed}",
+                                        f"train.steps={steps}", f"train.eval_every={steps}",
+                                        f"train.checkpoint_every={steps}", "train.progress=false",
+                                        "train.tensorboard=false", *base, *overrides])
+    tree = dataclasses.asdict(cfg)
+    adapter = (tree.get("model") or {}).get("adapter")
+    if isinstance(adapter, dict):  # unset adapter fields are absent (or None): their defaults decide
+        from grn_jax.models.config import AdapterConfig
+
+        defaults = {f.name: f.default for f in dataclasses.fields(AdapterConfig)
+                    if f.default is not dataclasses.MISSING}
+        tree["model"]["adapter"] = {**defaults, **{k: v for k, v in adapter.items() if v is not None}}
+    return json.dumps(tree, sort_keys=True, default=str)
 
 
 def graph_summary(dwork: Path, kinds: list) -> dict:
