@@ -257,13 +257,26 @@ class PartnerTable:
 
     def cell_pairs(self, gene_ids: np.ndarray, max_pairs: Optional[int] = None):
         """(src, dst, weight) partner pairs among one cell's tokens, as 1-based token positions, each pair
-        once, strongest first; at most `max_pairs` (the batch's edge budget)."""
+        once, strongest first (ties by position); at most `max_pairs` (the batch's edge budget).
+
+        Runs per cell in the data loader, so it walks each token gene's stored partners (O(tokens x
+        partners)) and looks the partner's position up in a vocabulary-sized array, instead of slicing a
+        tokens x tokens submatrix out of the sparse table (~20x slower per batch; benchmarks/bench_loader.py).
+        """
         ids = np.asarray(gene_ids, np.int64)
         ok = (ids >= 0) & (ids < self.num_genes)
-        sub = self.upper[ids[ok]][:, ids[ok]].tocoo()
         pos = np.flatnonzero(ok)
-        a, b = pos[sub.row], pos[sub.col]  # a pair (g, h) with g < h, at whichever positions they hold
-        order = np.lexsort((b, a, -sub.data))
+        rows = ids[ok]
+        where = np.full(self.num_genes, -1, np.int64)  # vocabulary id -> its token position in this cell
+        where[rows] = pos
+        indptr, indices, data = self.upper.indptr, self.upper.indices, self.upper.data
+        start, count = indptr[rows], indptr[rows + 1] - indptr[rows]
+        # the flat index of every stored partner of every token's gene (ranges start[k] .. start[k] + count[k])
+        flat = np.repeat(start - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
+        a, b = np.repeat(pos, count), where[indices[flat]]
+        keep = b >= 0  # the partner is among the cell's tokens
+        a, b, w = a[keep], b[keep], data[flat][keep]
+        order = np.lexsort((b, a, -w))
         if max_pairs is not None:
             order = order[:max_pairs]
-        return ((a[order] + 1).astype(np.int32), (b[order] + 1).astype(np.int32), sub.data[order].astype(np.float32))
+        return ((a[order] + 1).astype(np.int32), (b[order] + 1).astype(np.int32), w[order].astype(np.float32))

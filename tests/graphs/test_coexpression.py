@@ -273,6 +273,34 @@ def test_partner_table_from_planted_modules():
     assert len(table.cell_pairs(ids, max_pairs=1)[0]) == min(1, len(got))
 
 
+def test_cell_pairs_equal_a_brute_force_scan_of_every_token_pair():
+    """The loader's per-cell lookup against an independent O(n^2) scan (order: weight desc, then positions)."""
+    from grn_jax.graphs import PartnerTable
+
+    rng = np.random.default_rng(4)
+    v = 60
+    lo, hi = np.triu_indices(v, k=1)
+    pick = rng.choice(len(lo), size=300, replace=False)
+    weight = rng.choice([0.2, 0.5, 0.9], size=300).astype(np.float32)  # repeated weights: the tie order matters
+    table = PartnerTable(lo[pick], hi[pick], weight, v)
+    dense = np.zeros((v, v), np.float32)
+    dense[lo[pick], hi[pick]] = weight
+    for trial in range(20):
+        ids = rng.choice(np.arange(-2, v + 3), size=int(rng.integers(0, 40)), replace=False)  # some out of range
+        want = []
+        for i in range(len(ids)):
+            for j in range(len(ids)):
+                gi, gj = ids[i], ids[j]
+                if 0 <= gi < v and 0 <= gj < v and dense[gi, gj] > 0:
+                    want.append((-float(dense[gi, gj]), i + 1, j + 1))
+        want.sort()
+        got = table.cell_pairs(ids)
+        assert [(-float(w), int(a), int(b)) for a, b, w in zip(*got)] == want, trial
+        assert got[0].dtype == np.int32 and got[2].dtype == np.float32
+        k = int(rng.integers(0, 5))
+        np.testing.assert_array_equal(table.cell_pairs(ids, max_pairs=k)[0], got[0][:k])
+
+
 def test_prepare_writes_partners_and_batches_carry_them(tmp_path):
     from grn_jax.data import prepare
     from grn_jax.data.collate import collate
