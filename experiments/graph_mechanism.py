@@ -21,6 +21,8 @@ same held-out cells (fixed split) with the same evaluation masks within a seed:
   cells; `grn_jax.train.graph_check`) over the true graph, and at that same beta over the
   random graph and over the empty graph (every node isolated: L = I, so GDKA is vanilla
   attention with queries scaled by exp(-beta) -- the temperature-only control);
+* with --values: GDKA diffusing the values too (`model.diffusion_operands: queries_values`, not the
+  paper's design) over the true / random graph, at the fixed beta;
 * with --adapter: the GRNFormer adapter (last layer, vanilla backbone) over true / random.
 
 Reported: the final validation masked-bin loss over ALL validation cells; its standard
@@ -89,9 +91,10 @@ class _BatchRecorder:
 
 
 def _tree(shards, run_dir, seed, steps, attention: str, beta, adapter: bool = False, n_layers: int = 1):
+    operands = "queries_values" if attention == "diffusion_qv" else "queries"  # --values rows: V diffused too
     model = {"preset": "tiny", "n_bins": N_BINS, "d_model": 64, "n_layers": n_layers, "n_heads": 4, "mlp_dim": 128,
-             "attention": attention, "diffusion_beta": beta, "cell_head": True,
-             "cell_head_output": HEAD_OUTPUT}
+             "attention": "diffusion" if attention == "diffusion_qv" else attention, "diffusion_beta": beta,
+             "diffusion_operands": operands, "cell_head": True, "cell_head_output": HEAD_OUTPUT}
     if adapter:
         model["adapter"] = {"fusion_heads": 2, "fanout": 10, "node_features": "gene"}
     return {"name": "graph-mechanism", "data": {"shards": str(shards), "fixed_shape": True}, "model": model,
@@ -138,7 +141,7 @@ def write_report(out: dict, res_dir: Path, stem: str) -> None:
              "| variant | beta | val loss | per seed | accuracy (seed 0) |", "|---|---|---|---|---|"]
     for k, r in rows.items():
         se = f" ± {r['se']:.4f}" if r["se"] is not None else ""
-        b = f"{r['beta'][0]:.3g}" if k.startswith(("gdka_", "auto_")) else "-"
+        b = f"{r['beta'][0]:.3g}" if k.startswith(("gdka_", "auto_", "qv_")) else "-"
         lines.append(f"| {r['label']} | {b} | {r['mean']:.4f}{se} | {', '.join(f'{v:.4f}' for v in r['val_loss'])} "
                      f"| {r['val_accuracy'][0]:.4f} ± {r['val_accuracy_se'][0]:.4f} |")
     gm = out["per_run"][next(iter(out["per_run"]))][0].get("val_gene_mode_accuracy")
@@ -183,6 +186,8 @@ def main(argv=None):
     p.add_argument("--adapter", action="store_true", help="also the GRNFormer adapter over true / random")
     p.add_argument("--no-auto", action="store_true", help="skip the beta = auto rows")
     p.add_argument("--beta", type=float, default=0.1, help="beta of the fixed-beta GDKA rows (default 0.1)")
+    p.add_argument("--values", action="store_true",
+                   help="also GDKA diffusing values as well as queries (model.diffusion_operands=queries_values)")
     p.add_argument("--cells", type=int, default=SIM["n_cells"], help="simulated cells (develop with fewer)")
     p.add_argument("--out-stem", default="graph_mechanism")
     p.add_argument("--report-from", default=None, help="only rewrite the .md from this results .json")
@@ -247,6 +252,10 @@ def main(argv=None):
         variants += [("auto_true", "GDKA beta auto, true GRN", "true", "diffusion", "auto", False),
                      ("auto_random", "GDKA beta auto(true), random GRN", "random", "diffusion", None, False),
                      ("auto_empty", "GDKA beta auto(true), no edges", "empty", "diffusion", None, False)]
+    if args.values:
+        variants += [("qv_true", f"GDKA Q+V beta {args.beta:g}, true GRN", "true", "diffusion_qv", args.beta, False),
+                     ("qv_random", f"GDKA Q+V beta {args.beta:g}, random GRN", "random", "diffusion_qv", args.beta,
+                      False)]
     if args.adapter:
         variants += [("adapter_true", "adapter (vanilla backbone), true GRN", "true", "vanilla", 0.1, True),
                      ("adapter_random", "adapter (vanilla backbone), random GRN", "random", "vanilla", 0.1, True)]
@@ -276,6 +285,8 @@ def main(argv=None):
     if not args.no_auto:
         pairs += [("auto_true", "auto_random"), ("auto_true", "auto_empty"), ("auto_true", "vanilla"),
                   ("auto_true", "gdka_true")]
+    if args.values:
+        pairs += [("qv_true", "qv_random"), ("qv_true", "vanilla"), ("qv_true", "gdka_true")]
     if args.adapter:
         pairs += [("adapter_true", "adapter_random"), ("adapter_true", "vanilla")]
     comparisons = []
@@ -294,7 +305,7 @@ def main(argv=None):
     cmd = (f"nice -n 10 .venv/bin/python experiments/graph_mechanism.py --seeds {args.seeds} --steps {args.steps}"
            + (f" --layers {args.layers}" if args.layers != 1 else "") + (f" --only {args.only}" if args.only else "")
            + (" --adapter" if args.adapter else "") + (" --no-auto" if args.no_auto else "")
-           + (f" --beta {args.beta:g}" if args.beta != 0.1 else "")
+           + (f" --beta {args.beta:g}" if args.beta != 0.1 else "") + (" --values" if args.values else "")
            + (f" --cells {args.cells}" if args.cells != SIM["n_cells"] else "")
            + (f" --out-stem {args.out_stem}" if args.out_stem != "graph_mechanism" else ""))
     keep = ("gene_tokens_with_edge_fraction", "edges_per_cell", "lambda_min_nonzero", "diffusion_change")

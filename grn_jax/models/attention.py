@@ -132,7 +132,8 @@ def self_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, key_mask_BxT, *, impl: str =
 
 
 def diffuse_queries(q_BxSxHxK, ctx: DiffusionContext, plan):
-    """exp(-beta L) applied to the queries of all heads in one pass, in float32; CLS untouched."""
+    """exp(-beta L) applied to the queries (or, with diffuse_values, the values) of all heads in one pass,
+    in float32; CLS untouched."""
     from grn_jax.graphs.diffusion import diffuse  # noqa: PLC0415  (graphs -> models, one way)
 
     b, s, h, k = q_BxSxHxK.shape
@@ -145,10 +146,13 @@ def diffuse_queries(q_BxSxHxK, ctx: DiffusionContext, plan):
 
 def diffusion_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, ctx: DiffusionContext, plan, *,
                         dropout_rng=None, dropout_rate: float = 0.0, deterministic: bool = True,
-                        dtype=jnp.float32, impl: str = "xla", block: int = 512, remat: bool = False):
+                        dtype=jnp.float32, impl: str = "xla", block: int = 512, remat: bool = False,
+                        diffuse_values: bool = False):
     """Graph Diffusion Kernel Attention: softmax(exp(-beta L) Q K^T / sqrt(K)) V.
 
-    Only queries are diffused (keys and values keep the tokens' own information).
+    Only queries are diffused (keys and values keep the tokens' own information), as in the paper;
+    `diffuse_values` (model.diffusion_operands="queries_values") also diffuses V, giving
+    softmax(exp(-beta L) Q K^T / sqrt(K)) exp(-beta L) V (xla and blocked only).
     Returns ([B, S, H, K], weights [B, H, S, S]). `impl` selects the backend;
     "xla" is the reference composition of `diffuse_queries` and
     `dot_product_attention`; "blocked" diffuses the same way and attends over
@@ -156,6 +160,8 @@ def diffusion_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, ctx: Diff
     kernels on a GPU (weights None) and falls back to "xla" with a logged
     reason elsewhere. `remat` recomputes the attention core in the backward pass.
     """
+    if impl == "pallas" and diffuse_values:
+        raise ValueError("diffuse_values runs on impl 'xla' or 'blocked'; the fused kernel diffuses the queries only")
     if impl == "pallas":  # fused kernels (grn_jax.kernels); None = cannot run here, reason logged
         from grn_jax.kernels.dispatch import pallas_gdka  # noqa: PLC0415
 
@@ -166,6 +172,8 @@ def diffusion_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, ctx: Diff
     elif impl not in ("xla", "blocked"):
         raise ValueError(f"attention_impl={impl!r} is unknown; use 'xla', 'blocked' or 'pallas'")
     q_BxSxHxK = diffuse_queries(q_BxSxHxK, ctx, plan)
+    if diffuse_values:
+        v_BxSxHxK = diffuse_queries(v_BxSxHxK, ctx, plan)
     return self_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, key_mask_BxS, impl="blocked" if impl == "blocked"
                           else "xla", block=block, remat=remat, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
                           deterministic=deterministic, dtype=dtype)
@@ -204,6 +212,7 @@ class MultiHeadAttention(nn.Module):
     dtype: Any = jnp.float32
     block: int = 512  # keys per block under impl="blocked"
     remat: bool = False  # recompute the attention core in the backward pass (model.remat = attention)
+    diffuse_values: bool = False  # kind="diffusion": diffuse V as well as Q (model.diffusion_operands)
 
     @nn.compact
     def __call__(self, x_BxSxD, key_mask_BxT, *, context_BxTxD=None, ctx: Optional[DiffusionContext] = None,
@@ -227,7 +236,8 @@ class MultiHeadAttention(nn.Module):
             if ctx is None or self.plan is None:
                 raise ValueError("MultiHeadAttention(kind='diffusion') needs a DiffusionContext and a plan")
             out, weights = diffusion_attention(q, k, v, key_mask_BxT, ctx, self.plan, impl=self.impl,
-                                               block=self.block, remat=self.remat, **common)
+                                               block=self.block, remat=self.remat,
+                                               diffuse_values=self.diffuse_values, **common)
         elif self.kind == "vanilla":
             out, weights = self_attention(q, k, v, key_mask_BxT, impl="blocked" if self.impl == "blocked" else "xla",
                                           block=self.block, remat=self.remat, **common)

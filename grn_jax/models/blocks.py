@@ -74,7 +74,7 @@ class EncoderBlock(nn.Module):
         attn = MultiHeadAttention(cfg.n_heads, kind=self.kind, plan=self.plan,
                                   dropout_rate=cfg.attention_dropout_rate, impl=cfg.attention_impl,
                                   dtype=self.dtype, block=cfg.attention_block, remat=cfg.remat == "attention",
-                                  name="attention")
+                                  diffuse_values=cfg.diffusion_operands == "queries_values", name="attention")
         mlp = Mlp(cfg, self.dtype, self.deterministic, name="mlp")
         drop = nn.Dropout(cfg.dropout_rate)
 

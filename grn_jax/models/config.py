@@ -20,6 +20,7 @@ ATTENTION_IMPLS = ("xla", "blocked", "pallas")
 REMAT_POLICIES = ("none", "attention", "block")
 DTYPES = ("float32", "bfloat16")
 CELL_HEAD_OUTPUTS = ("bins", "value")
+DIFFUSION_OPERANDS = ("queries", "queries_values")
 GNN_KINDS = ("sage", "gcn", "gin")
 AGGREGATORS = ("mean", "max")
 PERTURB_MODES = ("coexpression", "random")
@@ -107,6 +108,11 @@ class ModelConfig:
     diffusion_beta: float | str = 0.1
     diffusion_tol: float = 1e-8  # Chebyshev coefficient-tail tolerance (adaptive order)
     diffusion_order: Optional[int] = None  # fixed Chebyshev order instead (the paper's K = 64)
+    # what GDKA diffuses: "queries" (the paper: softmax(exp(-beta L) Q K^T) V, keys and values untouched) or
+    # "queries_values" (V too, so a token reads its graph neighbours' values wherever it attends, itself
+    # included: a direct channel from a masked gene's regulators to its prediction; an experiment of
+    # issue 14, not the paper's design). Runs on attention_impl xla | blocked (the fused kernel diffuses Q only)
+    diffusion_operands: str = "queries"
     attention_impl: str = "xla"  # xla | blocked (XLA, key blocks, no S x S) | pallas (grn_jax.kernels)
     attention_block: int = 512  # keys per block under attention_impl="blocked"
     # activation rematerialisation in the backward pass: none | attention (the softmax core of every
@@ -165,6 +171,10 @@ class ModelConfig:
         elif self.diffusion_beta < 0:
             raise ValueError(f"{o}.diffusion_beta must be >= 0, got {self.diffusion_beta}")
         _check_positive(o, "diffusion_tol", self.diffusion_tol)
+        _check_choice(o, "diffusion_operands", self.diffusion_operands, DIFFUSION_OPERANDS)
+        if self.diffusion_operands != "queries" and self.attention_impl == "pallas":
+            raise ValueError(f"{o}.diffusion_operands={self.diffusion_operands!r} runs on attention_impl 'xla' or "
+                             "'blocked'; the fused Pallas kernel diffuses the queries only")
         if self.diffusion_order is not None and not (isinstance(self.diffusion_order, int)
                                                      and 0 <= self.diffusion_order < 512):
             raise ValueError(f"{o}.diffusion_order must be None (adaptive) or an int in [0, 512), "

@@ -36,21 +36,26 @@ def _inputs(seed=0, packed=False):
     return q, k, v, token_mask, ctx
 
 
-def _oracle(q, k, v, token_mask, beta):
-    """float64 reference: diffuse gene queries with scipy expm, keep CLS, zero padding, masked softmax."""
+def _oracle(q, k, v, token_mask, beta, diffuse_values=False):
+    """float64 reference: diffuse gene queries (and values) with scipy expm, keep CLS, zero padding, masked softmax."""
     out = np.zeros_like(q, dtype=np.float64)
     for b, (n, edges) in enumerate(zip(N_GENES, EDGES)):
         phi = heat_kernel_np(n, edges, beta)
-        qd = np.zeros((S, H * K))
-        qf = q[b].reshape(S, H * K).astype(np.float64)
-        qd[0] = qf[0]
-        qd[1: n + 1] = phi @ qf[1: n + 1]
-        qd = qd.reshape(S, H, K)
+
+        def diffused(x):
+            xd = np.zeros((S, H * K))
+            xf = x[b].reshape(S, H * K).astype(np.float64)
+            xd[0] = xf[0]
+            xd[1: n + 1] = phi @ xf[1: n + 1]
+            return xd.reshape(S, H, K)
+
+        qd = diffused(q)
+        vd = diffused(v) if diffuse_values else v[b].astype(np.float64)
         scores = np.einsum("shk,thk->hst", qd, k[b].astype(np.float64)) / np.sqrt(K)
         scores = np.where(token_mask[b][None, None, :], scores, -np.inf)
         wts = np.exp(scores - scores.max(-1, keepdims=True))
         wts /= wts.sum(-1, keepdims=True)
-        out[b] = np.einsum("hst,thk->shk", wts, v[b].astype(np.float64))
+        out[b] = np.einsum("hst,thk->shk", wts, vd)
     return out
 
 
@@ -64,6 +69,30 @@ def test_diffusion_attention_matches_expm_oracle(beta, packed):
     # the diffusion matters: plain attention is far from the oracle
     plain, _ = dot_product_attention(q, k, v, jnp.asarray(token_mask))
     assert np.linalg.norm(np.asarray(plain)[real] - ref[real]) > 1e-3 * np.linalg.norm(ref[real])
+
+
+@pytest.mark.parametrize("impl", ["xla", "blocked"])
+def test_diffusing_values_too_matches_expm_oracle(impl):
+    """model.diffusion_operands="queries_values": softmax(phi Q K^T / sqrt(d)) phi V, CLS's value untouched."""
+    q, k, v, token_mask, ctx = _inputs(4)
+    plan = heat_kernel_plan(1.0, 1e-10)
+    out, _ = diffusion_attention(q, k, v, jnp.asarray(token_mask), ctx, plan, impl=impl, block=4,
+                                 diffuse_values=True)
+    ref = _oracle(q, k, v, token_mask, 1.0, diffuse_values=True)
+    assert_rel_close(np.asarray(out)[token_mask], ref[token_mask], jnp.float32, what=f"GDKA (Q and V), {impl}")
+    queries_only = _oracle(q, k, v, token_mask, 1.0)  # the values' diffusion is not a no-op at this beta
+    assert np.linalg.norm(queries_only[token_mask] - ref[token_mask]) > 1e-2 * np.linalg.norm(ref[token_mask])
+    with pytest.raises(ValueError, match="queries only"):
+        diffusion_attention(q, k, v, jnp.asarray(token_mask), ctx, plan, impl="pallas", diffuse_values=True)
+
+
+def test_diffusion_operands_is_validated():
+    from grn_jax.models import ModelConfig
+
+    with pytest.raises(ValueError, match="diffusion_operands"):
+        ModelConfig(gene_vocab_size=10, diffusion_operands="keys")
+    with pytest.raises(ValueError, match="queries only"):
+        ModelConfig(gene_vocab_size=10, diffusion_operands="queries_values", attention_impl="pallas")
 
 
 def test_beta_zero_is_vanilla_attention_exactly():
@@ -106,3 +135,23 @@ def test_unknown_attention_impl_is_refused():
     q, k, v, token_mask, ctx = _inputs()
     with pytest.raises(ValueError, match="attention_impl"):
         diffusion_attention(q, k, v, jnp.asarray(token_mask), ctx, heat_kernel_plan(0.1), impl="bogus")
+
+
+def test_model_plumbs_diffusion_operands_to_every_gdka_layer():
+    """Same parameters: diffusing V changes the model's logits at beta 1 and is exactly the paper's GDKA at beta 0."""
+    import dataclasses
+
+    from grn_jax.models import build_model, example_batch, tiny
+
+    out = {}
+    for beta in (0.0, 1.0):
+        for ops in ("queries", "queries_values"):
+            cfg = dataclasses.replace(tiny(gene_vocab_size=40), diffusion_beta=beta, diffusion_operands=ops,
+                                      cell_head=False)
+            model = build_model(cfg)
+            batch = example_batch(cfg, batch_size=2, seq_len=16, num_edges=16)
+            params = model.init({"params": jax.random.key(0)}, batch, deterministic=True)
+            out[beta, ops] = np.asarray(model.apply(params, batch, deterministic=True).bin_logits)
+    np.testing.assert_array_equal(out[0.0, "queries"], out[0.0, "queries_values"])  # phi = I: no change at all
+    diff = np.linalg.norm(out[1.0, "queries"] - out[1.0, "queries_values"])
+    assert diff > 1e-3 * np.linalg.norm(out[1.0, "queries"])
