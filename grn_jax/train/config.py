@@ -107,8 +107,12 @@ class TrainConfig:
     progress: bool = True
     # Sum gradients and metrics over the batch shards (data x fsdp) in one fixed order instead of the
     # all-reduce's, so a step is bit-identical on any device layout and process split with the same
-    # data x fsdp product (grn_jax.train.step.per_batch_shard says when: tensor <= 2). Cost: every device
-    # holds the whole parameters and all data x fsdp per-shard gradients during the step (no FSDP saving).
+    # data x fsdp product (grn_jax.train.step.per_batch_shard says when: tensor <= 2). Cost: during the
+    # step every device holds the whole parameters, AdamW moments and gradients (no FSDP saving there)
+    # plus the data x fsdp gathered per-shard gradients, and repeats the optimiser update. Measured
+    # (benchmarks/results/deterministic.md, 8 CPU devices): tiny GDKA step x1.09 on data2 fsdp2 tensor2,
+    # x1.9 on data4 fsdp2, temp memory x1.00 / x1.13; gremln_base (14.7 M parameters) on fsdp 8:
+    # temp 11.98 -> 12.29 GiB per device (activations dominate).
     deterministic_reductions: bool = False
 
     def __post_init__(self):

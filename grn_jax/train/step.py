@@ -4,7 +4,10 @@ One `jax.jit` per step function with explicit in/out shardings and the train
 state donated. Inside the step: bin masking from (seed, step), forward and
 backward over `grad_accum` micro-batches in a `lax.scan` (sums, so the result
 equals the big-batch gradient), clipping + AdamW, and a finiteness guard that
-refuses to write a non-finite update into the state.
+refuses to write a non-finite update into the state. With
+train.deterministic_reductions the sums over the batch shards are gathered and
+added in shard order instead of all-reduced (`per_batch_shard`), so the step
+is bit-identical on any layout and process split of the same data x fsdp.
 """
 
 from __future__ import annotations
@@ -115,6 +118,10 @@ def per_batch_shard(local_fn: Callable, finish: Optional[Callable] = None, mesh=
     tensor <= 2 (a + b == b + a) and otherwise only between layouts that
     place the tensor groups alike. `mesh` defaults to the mesh in context
     (`sharding.with_rules`, as `jit_train_step` traces the step).
+
+    Cost: the whole state and the G gathered per-shard gradients live on
+    every device during the step, and the update is computed G times over
+    (TrainConfig.deterministic_reductions has the measured figures).
     """
     batch_axes = sh.BATCH_MESH_AXES
 
