@@ -163,8 +163,9 @@ def results_markdown(title: str, table: dict, metrics: Sequence[str], *, command
             for which, g in d.items():
                 e = g.get("edges_per_cell") or {}
                 frac = g.get("gene_tokens_with_edge_fraction")
+                num = lambda x: f"{x:.3g}" if isinstance(x, (int, float)) else "-"  # noqa: E731
                 lines.append(f"| {kind} | {which} | {'-' if frac is None else f'{100 * frac:.1f} %'} | "
-                             f"{e.get('median', '-')}, {e.get('p10', '-')}, {e.get('p90', '-')} |")
+                             f"{num(e.get('median'))}, {num(e.get('p10'))}, {num(e.get('p90'))} |")
         lines.append("")
     lines += [f"Paper: {paper}", "",
               "## How these numbers differ from the paper's, and why", ""]
