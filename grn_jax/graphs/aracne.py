@@ -91,18 +91,19 @@ class AracneConfig:
 
 
 def _mi_matrix(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig, rng: np.random.Generator,
-               z_NxG: Optional[np.ndarray] = None) -> np.ndarray:
+               z_NxG: Optional[np.ndarray] = None, dense_GxN: Optional[np.ndarray] = None) -> np.ndarray:
     """MI [R, G] with the configured estimator; self pairs set to 0.
 
     A bootstrap resample can leave a rare gene (nearly) constant; its MI is 0 in
-    that run (no edge), which the consensus then counts as an absence.
+    that run (no edge), which the consensus then counts as an absence. `z_NxG` (copula scores) and
+    `dense_GxN` (`mi_lib.dense_ranks`) are precomputed transforms of `x_NxG`, if given.
     """
     const_G = mi_lib.constant_columns(x_NxG, cfg.min_informative_cells)
     if cfg.estimator == "gaussian":
         z_NxG = mi_lib.copula_scores(x_NxG, allow_constant=True) if z_NxG is None else z_NxG
         mi_RxG = mi_lib.gaussian_copula_mi(z_NxG[:, reg_idx], z_NxG, block=cfg.block).astype(np.float64)
     else:
-        ranks_NxG = mi_lib.rank_transform(x_NxG, ties="random", rng=rng)
+        ranks_NxG = mi_lib.rank_transform(x_NxG, ties="random", rng=rng, dense_GxN=dense_GxN)
         mi_RxG = mi_lib.adaptive_partition_mi_matrix(ranks_NxG, reg_idx)
     mi_RxG[np.arange(reg_idx.size), reg_idx] = 0.0
     mi_RxG[:, const_G] = 0.0
@@ -138,13 +139,14 @@ class MINull:
 
 
 def permutation_null(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig, rng: np.random.Generator,
-                     z_NxG: Optional[np.ndarray] = None) -> MINull:
+                     z_NxG: Optional[np.ndarray] = None, dense_GxN: Optional[np.ndarray] = None) -> MINull:
     """MI of >= `cfg.n_null_pairs` (permuted regulator, gene) pairs, as ARACNe-AP calibrates its threshold.
 
     Each round permutes the cells of up to sqrt(K) random regulators independently
     and pairs every one of them with up to K / that many random genes, so the
     copula null is one (regulators x cells) @ (cells x genes) product per round
-    rather than a gather of K x N permuted values. `z_NxG`: precomputed copula scores.
+    rather than a gather of K x N permuted values. `z_NxG`, `dense_GxN`: precomputed copula scores, dense
+    ranks (`mi_lib.dense_ranks`) of `x_NxG`.
     """
     n, g = x_NxG.shape
     k = cfg.n_null_pairs
@@ -153,7 +155,7 @@ def permutation_null(x_NxG: np.ndarray, reg_idx: np.ndarray, cfg: AracneConfig, 
     if cfg.estimator == "gaussian":
         z_NxG = mi_lib.copula_scores(x_NxG, allow_constant=True) if z_NxG is None else z_NxG
     else:
-        ranks_NxG = mi_lib.rank_transform(x_NxG, ties="random", rng=rng)
+        ranks_NxG = mi_lib.rank_transform(x_NxG, ties="random", rng=rng, dense_GxN=dense_GxN)
     rounds, got = [], 0
     while got < k:  # usually one round; more only when regulators x genes < K
         regs = rng.choice(reg_idx, k_r, replace=False)
@@ -288,8 +290,8 @@ def consensus_from_counts(support_RxG: np.ndarray, mi_sum_RxG: np.ndarray, n_run
 # ----------------------------------------------------------------------------- one network
 
 
-def _single_run(x_NxG, reg_idx, threshold, cfg, rng, z_NxG=None):
-    mi_RxG = _mi_matrix(x_NxG, reg_idx, cfg, rng, z_NxG)
+def _single_run(x_NxG, reg_idx, threshold, cfg, rng, z_NxG=None, dense_GxN=None):
+    mi_RxG = _mi_matrix(x_NxG, reg_idx, cfg, rng, z_NxG, dense_GxN)
     passed = mi_RxG >= threshold
     kept = dpi_prune(np.where(passed, mi_RxG, 0.0), reg_idx, cfg.dpi_tolerance) if cfg.dpi else passed
     return mi_RxG, passed, kept
@@ -354,14 +356,15 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
             return x_NxG[rng.integers(0, n, n_run)]
         return x_NxG[rng.choice(n, n_run, replace=False)] if n_run < n else x_NxG
 
+    runs = max(1, cfg.n_bootstraps)
     null_x = sample(False)
     null_z = mi_lib.copula_scores(null_x, allow_constant=True) if cfg.estimator == "gaussian" else None
-    null = permutation_null(null_x, reg_idx, cfg, rng, null_z)
+    null_dense = mi_lib.dense_ranks(null_x) if cfg.estimator == "adaptive" and runs == 1 else None
+    null = permutation_null(null_x, reg_idx, cfg, rng, null_z, null_dense)
     threshold = null.threshold(cfg.mi_pvalue)
     candidates = np.ones((reg_idx.size, len(genes)), bool)
     candidates[np.arange(reg_idx.size), reg_idx] = False
 
-    runs = max(1, cfg.n_bootstraps)
     support = np.zeros(candidates.shape, np.int32)  # running totals: memory O(R x G) whatever the run count
     mi_sum = np.zeros(candidates.shape, np.float64)
     n_passed, n_kept = [], []
@@ -373,7 +376,7 @@ def infer_network(x_NxG: np.ndarray, genes: Sequence[str], regulators: Sequence[
         if runs > 1:
             mi_RxG, passed, kept = _single_run(sample(True), reg_idx, threshold, cfg, rng)
         else:  # one run on the cells as given: reuse the null's scores
-            mi_RxG, passed, kept = _single_run(null_x, reg_idx, threshold, cfg, rng, null_z)
+            mi_RxG, passed, kept = _single_run(null_x, reg_idx, threshold, cfg, rng, null_z, null_dense)
         kept &= candidates
         support += kept
         mi_sum += np.where(kept, mi_RxG, 0.0)

@@ -77,13 +77,15 @@ def _check_not_constant(x_NxG: np.ndarray, genes: Optional[Sequence[str]], what:
             f"(first: {names}). Drop them first (grn_jax.graphs.constant_columns(x, min_cells) finds them).")
 
 
-def rank_transform(x_NxG: np.ndarray, *, ties: str = "average", rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def rank_transform(x_NxG: np.ndarray, *, ties: str = "average", rng: Optional[np.random.Generator] = None,
+                   dense_GxN: Optional[np.ndarray] = None) -> np.ndarray:
     """Per-gene ranks 0..N-1 along cells.
 
     ties="average" gives mid-ranks (float64; the copula estimator);
     ties="random" breaks ties by an independent random order per gene (int32
     permutations; ARACNe's estimator needs distinct ranks, and a shared order
-    would correlate the tie-breaks of different genes).
+    would correlate the tie-breaks of different genes). `dense_GxN`:
+    `dense_ranks(x_NxG)`, when the caller ranks the same values more than once.
     """
     x_NxG = np.asarray(x_NxG)
     if ties == "average":
@@ -91,7 +93,8 @@ def rank_transform(x_NxG: np.ndarray, *, ties: str = "average", rng: Optional[np
     if ties == "random":
         rng = rng if rng is not None else np.random.default_rng(0)
         key_NxG = rng.random(x_NxG.shape)
-        ranks_GxN = _random_tie_ranks(x_NxG, key_NxG)
+        dense_GxN = dense_ranks(x_NxG) if dense_GxN is None else dense_GxN
+        ranks_GxN = None if dense_GxN is None else _random_tie_ranks(dense_GxN, key_NxG)
         if ranks_GxN is not None:
             return ranks_GxN.T
         order_NxG = np.lexsort((key_NxG, x_NxG), axis=0)
@@ -101,11 +104,10 @@ def rank_transform(x_NxG: np.ndarray, *, ties: str = "average", rng: Optional[np
     raise ValueError(f"ties must be 'average' or 'random', got {ties!r}")
 
 
-def _random_tie_ranks(x_NxG: np.ndarray, key_NxG: np.ndarray) -> Optional[np.ndarray]:
-    """Ranks [G, N] (int32) of each gene's cells by (value, key): the order of `np.lexsort((key, x), axis=0)`,
-    sorted gene-major in three cheaper passes -- each gene's values to dense ranks d (< 2^16), the cells by
-    key, then a stable radix sort by d. None (the caller lexsorts) for >= 2^16 cells, non-finite values or
-    a repeated key within a gene (where lexsort's index order would decide)."""
+def dense_ranks(x_NxG: np.ndarray) -> Optional[np.ndarray]:
+    """Each gene's values as dense ranks 0, 1, ... (ties share one; uint16 [G, N], gene-major), or None for
+    >= 2^16 cells or non-finite values (then `rank_transform` lexsorts)."""
+    x_NxG = np.asarray(x_NxG)
     n, g = x_NxG.shape
     if n == 0 or g == 0 or n >= 1 << 16 or not np.isfinite(x_NxG).all():
         return None
@@ -116,6 +118,14 @@ def _random_tie_ranks(x_NxG: np.ndarray, key_NxG: np.ndarray) -> Optional[np.nda
     np.not_equal(xs[:, 1:], xs[:, :-1], out=step[:, 1:])
     dense_GxN = np.empty((g, n), np.uint16)
     np.put_along_axis(dense_GxN, order, np.cumsum(step, axis=1, dtype=np.uint16), axis=1)
+    return dense_GxN
+
+
+def _random_tie_ranks(dense_GxN: np.ndarray, key_NxG: np.ndarray) -> Optional[np.ndarray]:
+    """Ranks [G, N] (int32) of each gene's cells by (value, key), the order of `np.lexsort((key, x), axis=0)`,
+    gene-major from the dense ranks d: sort the cells by key, then a stable radix sort by d (uint16). None
+    (the caller lexsorts) if a key repeats within a gene, where lexsort's index order would decide."""
+    g, n = dense_GxN.shape
     key_GxN = np.ascontiguousarray(key_NxG.T)
     by_key = np.argsort(key_GxN, axis=1)
     ks = np.take_along_axis(key_GxN, by_key, axis=1)
@@ -316,26 +326,38 @@ def _ap_from_hist(h_PxBxB: np.ndarray, widths, n: int, chi2_threshold: float):
 
 def _ap_top2(cum_4x4xP: np.ndarray, widths, chi2_threshold: float):
     """Depths 1 and 2 of P adaptive trees from their cumulative depth-2 counts cum[a, b] = #(x-bin <= a,
-    y-bin <= b) (float64, exact integers). Returns the leaf sum [P] of the pairs whose tree stops by depth 2
-    and which pairs [P] have a live depth-2 cell (split parent, > 2 points) to continue from depth 3."""
-    h = np.diff(np.diff(cum_4x4xP, axis=0, prepend=0.0), axis=1, prepend=0.0)  # [4, 4, P] depth-2 counts
+    y-bin <= b) (float32 or float64, exact integers). Returns the sum [P] of the leaves at depths 1-2 and the live
+    depth-2 cells (split parent, > 2 points) as (pair, x interval, y interval), sorted, which `_ap_deep`
+    continues."""
+    rows = np.empty_like(cum_4x4xP)  # differences along x, then y: the depth-2 counts [4, 4, P]
+    rows[0] = cum_4x4xP[0]
+    np.subtract(cum_4x4xP[1:], cum_4x4xP[:-1], out=rows[1:])
+    h = np.empty_like(rows)
+    h[:, 0] = rows[:, 0]
+    np.subtract(rows[:, 1:], rows[:, :-1], out=h[:, 1:])
     kids = h.reshape(2, 2, 2, 2, -1)  # [x half, x quarter, y half, y quarter, P]
-    c1 = kids.sum(axis=(1, 3))  # [2, 2, P] the root's quadrants
+    c1 = kids.sum(axis=(1, 3), dtype=np.float64)  # [2, 2, P] the root's quadrants
     a1 = np.outer(widths[1], widths[1]).astype(np.float64)[:, :, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         exp = c1 / 4.0
-        chi2 = ((kids - exp[:, None, :, None]) ** 2).sum(axis=(1, 3)) / exp
-        info = np.where(c1 > 0, c1 * np.log(c1 / a1), 0.0)
+        dev = kids - exp[:, None, :, None]
+        np.square(dev, out=dev)
+        chi2 = dev.sum(axis=(1, 3))
+        chi2 /= exp
+        info = np.log(c1 / a1)
+        info *= c1
     split = (c1 > 2) & (chi2 > chi2_threshold)  # the root always splits; its small or uniform quadrants are leaves
-    acc = np.where(split, 0.0, info).sum(axis=(0, 1))
+    info[(c1 <= 0) | split] = 0.0
+    acc = info.sum(axis=(0, 1))
     qi, qj, pair = np.nonzero(split)  # the (few) split quadrants: children with <= 2 points are leaves
     k_Sx2x2 = kids[qi, :, qj, :, pair]
-    deep = np.zeros(acc.size, bool)
-    deep[pair[(k_Sx2x2 > 2).any(axis=(1, 2))]] = True
     w2 = np.asarray(widths[2], np.float64).reshape(2, 2)
     acc += np.bincount(pair, _leaf_info(np.where(k_Sx2x2 > 2, 0, k_Sx2x2), w2[qi][:, :, None],
                                         w2[qj][:, None, :]).sum(axis=(1, 2)), minlength=acc.size)
-    return acc, deep
+    s, ci, cj = np.nonzero(k_Sx2x2 > 2)  # the live depth-2 cells, in (pair, x interval, y interval) order
+    cell_pair, ix, iy = pair[s], 2 * qi[s] + ci, 2 * qj[s] + cj
+    order = np.lexsort((iy, ix, cell_pair))
+    return acc, (cell_pair[order], ix[order], iy[order])
 
 
 def adaptive_partition_mi(xr_NxP: np.ndarray, yr_NxP: np.ndarray, *, chi2_threshold: float = CHI2_3DOF_P05,
@@ -380,8 +402,10 @@ def _ap_finish(h_PxBxB, xr_AxN, yr_BxN, a_P, b_P, tree, chi2_threshold: float,
     for s in range(0, deep_all.size, step):
         deep = deep_all[s:s + step]
         pair, cx, cy = np.nonzero(live_PxBxB[deep])
-        acc[deep] += _ap_sorted(xr_AxN[a_P[deep]], yr_BxN[b_P[deep]], pair, cx, cy, nb.bit_length() - 1,
-                                chi2_threshold)
+        below = np.zeros(deep.size)
+        sx, sy = _morton_axes(n, xr_AxN[a_P[deep]], yr_BxN[b_P[deep]])
+        _ap_sorted(below, sx | sy, pair, cx, cy, nb.bit_length() - 1, chi2_threshold)
+        acc[deep] += below
     return acc / n + np.log(n)
 
 
@@ -404,53 +428,69 @@ def _spread_bits(i: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def _ap_sorted(xs_PxN: np.ndarray, ys_PxN: np.ndarray, cell_pair, cx, cy, depth0: int,
-               chi2_threshold: float) -> np.ndarray:
-    """The leaf sum [P] of the trees below the live cells (cell_pair, cx, cy) at depth `depth0` of P pairs of
-    rank rows, level by level, without touching the points again after one sort.
+_QX_4, _QY_4 = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])  # quadrant q = 2 x-half + y-half
+
+
+def _ap_level(acc, counts_Sx4, cell_pair, ix, iy, d: int, widths, chi2_threshold: float):
+    """One level of the trees below S live cells at depth d, given their quadrant counts [S, 4] (int):
+    adds the leaves to acc [P] (uniform cells, then quadrants of <= 2 points, in cell order) with
+    `_ap_levels`' arithmetic; returns the live quadrants [S, 4] and the quadrants' intervals at depth d + 1."""
+    seg_len = counts_Sx4.sum(axis=1)
+    expected = seg_len / 4.0
+    chi2 = ((counts_Sx4 - expected[:, None]) ** 2).sum(axis=1) / expected
+    split = chi2 > chi2_threshold
+    leaf = ~split  # cells that pass the uniformity test are leaves
+    np.add.at(acc, cell_pair[leaf], _leaf_info(seg_len[leaf], widths[d][ix[leaf]], widths[d][iy[leaf]]))
+    cix, ciy = 2 * ix[:, None] + _QX_4, 2 * iy[:, None] + _QY_4
+    small = split[:, None] & (counts_Sx4 <= 2)  # quadrants with <= 2 points are leaves
+    np.add.at(acc, np.broadcast_to(cell_pair[:, None], small.shape)[small],
+              _leaf_info(counts_Sx4[small], widths[d + 1][cix[small]], widths[d + 1][ciy[small]]))
+    return split[:, None] & (counts_Sx4 > 2), cix, ciy
+
+
+def _morton_axes(n: int, xr_AxN: np.ndarray, yr_BxN: np.ndarray):
+    """Each rank row's half of its points' Morton codes: x paths on the odd bits, y paths on the even bits
+    (int32 while the codes fit, for n <= 2^15; else int64). A pair's codes are `sx[a] | sy[b]`."""
+    depth, spread, _ = _full_paths(n)
+    spread = spread.astype(np.int32) if 2 * depth < 31 else spread
+    return (spread << 1)[xr_AxN], spread[yr_BxN]
+
+
+def _ap_sorted(acc, code_PxN: np.ndarray, cell_pair, ix, iy, depth0: int, chi2_threshold: float,
+               acc_index: Optional[np.ndarray] = None) -> None:
+    """Adds to acc the leaves of the trees below the live cells (cell_pair, ix, iy) at depth `depth0`
+    (sorted by pair) of P pairs, given their points' Morton codes [P, N] (`_morton_axes`; sorted here, in
+    place), level by level, without touching the points after the sort. Pair p's leaves go to
+    acc[acc_index[p]] (default acc[p]).
 
     Each point's Morton code interleaves its x and y paths through the fixed tree (x bit first: the
     quadrant order q = 2 x-half + y-half), so after sorting each pair's codes every cell at every depth is a
     contiguous run, and a cell's four quadrant counts are differences of binary-search positions in the
     sorted codes (three searches per live cell and level instead of a pass over its points). Cells are
-    visited, and their leaves added, in the order of `_ap_levels`, with the same arithmetic: same bits.
+    visited, and their leaves added, in the order of `_ap_levels`, with the same arithmetic (`_ap_level`).
     """
-    n = xs_PxN.shape[1]
-    depth, spread, widths = _full_paths(n)
-    code_PxN = np.sort((spread[xs_PxN] << 1) | spread[ys_PxN], axis=1)
-    code_PxN += (np.arange(xs_PxN.shape[0], dtype=np.int64) << (2 * depth))[:, None]  # pairs in sequence
-    flat = code_PxN.ravel()
-    acc = np.zeros(xs_PxN.shape[0], np.float64)
+    n = code_PxN.shape[1]
+    depth, _, widths = _full_paths(n)
+    code_PxN.sort(axis=1)
+    flat = (code_PxN + (np.arange(code_PxN.shape[0], dtype=np.int64) << (2 * depth))[:, None]).ravel()
     cell_pair = np.asarray(cell_pair, np.int64)
-    ix, iy = np.asarray(cx, np.int64), np.asarray(cy, np.int64)
+    ix, iy = np.asarray(ix, np.int64), np.asarray(iy, np.int64)
     m = (_spread_bits(ix, depth0) << 1) | _spread_bits(iy, depth0)  # the cells' Morton prefixes
     base = cell_pair << (2 * depth)
     shift = 2 * (depth - depth0)
     start, end = np.searchsorted(flat, base + (m << shift)), np.searchsorted(flat, base + ((m + 1) << shift))
-    qx_4, qy_4, q_4 = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), np.arange(4)
     d = depth0
     while m.size:
         shift = 2 * (depth - d - 1)
         bounds = np.stack([start] + [np.searchsorted(flat, base + ((4 * m + q) << shift)) for q in (1, 2, 3)]
                           + [end], axis=1)
-        counts_Sx4 = np.diff(bounds, axis=1)
-        seg_len = end - start
-        expected = seg_len / 4.0
-        chi2 = ((counts_Sx4 - expected[:, None]) ** 2).sum(axis=1) / expected
-        split = chi2 > chi2_threshold
-        leaf = ~split  # cells that pass the uniformity test are leaves
-        np.add.at(acc, cell_pair[leaf], _leaf_info(seg_len[leaf], widths[d][ix[leaf]], widths[d][iy[leaf]]))
-        cix, ciy = 2 * ix[:, None] + qx_4, 2 * iy[:, None] + qy_4
-        small = split[:, None] & (counts_Sx4 <= 2)  # quadrants with <= 2 points are leaves
-        np.add.at(acc, np.broadcast_to(cell_pair[:, None], small.shape)[small],
-                  _leaf_info(counts_Sx4[small], widths[d + 1][cix[small]], widths[d + 1][ciy[small]]))
-        live = split[:, None] & (counts_Sx4 > 2)
+        live, cix, ciy = _ap_level(acc, np.diff(bounds, axis=1), cell_pair if acc_index is None else
+                                   acc_index[cell_pair], ix, iy, d, widths, chi2_threshold)
         cell_pair = np.broadcast_to(cell_pair[:, None], live.shape)[live]
-        ix, iy, m = cix[live], ciy[live], (4 * m[:, None] + q_4)[live]
+        ix, iy, m = cix[live], ciy[live], (4 * m[:, None] + np.arange(4))[live]
         start, end = bounds[:, :4][live], bounds[:, 1:][live]
         base = cell_pair << (2 * depth)
         d += 1
-    return acc
 
 
 def _ap_chunk(xr_NxP: np.ndarray, yr_NxP: np.ndarray, chi2_threshold: float) -> np.ndarray:
@@ -554,48 +594,49 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
     cuts_3 = hi_B[1:-1:2]  # the depth-2 interval ends below n: x in depth-2 bin <= a  <=>  x < cuts_3[a]
     xr_RxN = np.ascontiguousarray(xr_NxR.T)
     yr_GxN = np.ascontiguousarray(yr_NxG.T)
-    ux = (xr_NxR[:, :, None] < cuts_3).astype(np.float32).reshape(n, -1)  # [N, R * 3]
-    bx_RxN, by_GxN = bins_N[xr_RxN], bins_N[yr_GxN]
-    eye = np.eye(nb, dtype=np.float32)
-
-    def _hist3(pr, pg, bx_RxN, by_GxN):
-        """Depth-3 histograms [P, 8, 8] of the pairs (pr, pg), sorted by regulator: a one-hot product for
-        a regulator with many of them, one bincount over the points of the others."""
-        h = np.empty((pr.size, nb, nb))
-        rows, starts, counts = np.unique(pr, return_index=True, return_counts=True)
-        wide = counts >= 64
-        with _one_blas_thread():
-            for k, s0, m in zip(rows[wide], starts[wide], counts[wide]):
-                oh_y = eye[by_GxN[pg[s0:s0 + m]].T].reshape(n, -1)  # [N, m * 8]
-                h[s0:s0 + m] = (eye[bx_RxN[k]].T @ oh_y).reshape(nb, m, nb).transpose(1, 0, 2)
-        rest = np.flatnonzero(~np.repeat(wide, counts))
-        step = max(1, max_points // n)
-        for s0 in range(0, rest.size, step):
-            sel = rest[s0:s0 + step]
-            code = (np.arange(sel.size)[:, None] * (nb * nb) + bx_RxN[pr[sel]] * nb + by_GxN[pg[sel]]).ravel()
-            h[sel] = np.bincount(code, minlength=sel.size * nb * nb).reshape(-1, nb, nb)
-        return h
-
+    below_Nx3 = (np.arange(n)[:, None] < cuts_3).astype(np.float32)  # per rank: the indicators x < c_a
+    ux = below_Nx3[xr_NxR].reshape(n, -1)  # [N, R * 3]
     mi = np.empty((r, g), np.float64)
+    depth = _full_paths(n)[0]
+    sx_RxN = sy_GxN = None  # the rows' Morton halves, once some pair goes below depth 2
     chunk = max(1, max_points // (max(r, 1) * nb * nb))
     for lo in range(0, g, chunk):
         hi = min(g, lo + chunk)
         gc = hi - lo
-        uy = (yr_NxG[:, lo:hi, None] < cuts_3).astype(np.float32).reshape(n, -1)
+        uy = below_Nx3[yr_NxG[:, lo:hi]].reshape(n, -1)
         with _one_blas_thread():  # small products: on a busy shared machine BLAS threads make them 20x slower
             c = uy.T @ ux  # [3 Gc, 3 R]: pair (r, g) at rows 3g.., cols 3r..
         # Cumulative counts [4, 4, P] (pair p = r * gc + g - lo), the last row / column the known marginals.
-        cum = np.empty((4, 4, r, gc))
-        cum[:3, :3] = np.rint(c).reshape(gc, 3, r, 3).transpose(3, 1, 2, 0)
+        cum = np.empty((4, 4, r, gc), np.float32)  # sums of 0/1 below 2^24: exact in float32
+        cum[:3, :3] = c.reshape(gc, 3, r, 3).transpose(3, 1, 2, 0)
         cum[3, :3] = cum[:3, 3] = cuts_3[:, None, None]
         cum[3, 3] = n
-        acc, deep_P = _ap_top2(cum.reshape(4, 4, -1), widths, chi2_threshold)
-        out = acc / n + np.log(n)
-        deep = np.flatnonzero(deep_P)  # pair index r * gc + (g - lo)
-        if deep.size:
+        acc, (cell_pair, ix, iy) = _ap_top2(cum.reshape(4, 4, -1), widths, chi2_threshold)
+        if cell_pair.size:
+            deep, cell_pair = np.unique(cell_pair, return_inverse=True)  # pair index r * gc + (g - lo)
+            if sx_RxN is None:
+                sx_RxN, sy_GxN = _morton_axes(n, xr_RxN, yr_GxN)
             pr, pg = np.divmod(deep, gc)
-            out[deep] = _ap_finish(_hist3(pr, lo + pg, bx_RxN, by_GxN), xr_RxN, yr_GxN, pr, lo + pg, tree,
-                                   chi2_threshold, max_points)
+            below = np.zeros(deep.size)
+            m2 = (_spread_bits(ix, 2) << 1) | _spread_bits(iy, 2)  # the live cells' depth-2 Morton prefixes
+            step = max(1, max_points // n)
+            for s0 in range(0, deep.size, step):  # chunks of deep pairs; their cells are contiguous
+                s1 = min(deep.size, s0 + step)
+                c0, c1 = np.searchsorted(cell_pair, [s0, s1])
+                cp, cx, cy = cell_pair[c0:c1] - s0, ix[c0:c1], iy[c0:c1]
+                code_PxN = sx_RxN[pr[s0:s1]] | sy_GxN[lo + pg[s0:s1]]
+                # Depth 3 from each pair's depth-3 Morton prefix counts; only pairs still live below are sorted.
+                h3 = np.bincount(((code_PxN >> (2 * (depth - 3))) + (np.arange(s1 - s0) * 64)[:, None]).ravel(),
+                                 minlength=(s1 - s0) * 64).reshape(-1, 64)
+                sub = below[s0:s1]  # a view: the leaves below depth 2 are added in place
+                live, cix, ciy = _ap_level(sub, h3[cp[:, None], 4 * m2[c0:c1, None] + np.arange(4)], cp, cx, cy, 2,
+                                           widths, chi2_threshold)
+                cp = np.broadcast_to(cp[:, None], live.shape)[live]
+                if cp.size:
+                    still, row = np.unique(cp, return_inverse=True)
+                    _ap_sorted(sub, code_PxN[still], row, cix[live], ciy[live], 3, chi2_threshold, acc_index=still)
+            acc[deep] += below
+        out = acc / n + np.log(n)
         mi[:, lo:hi] = out.reshape(r, gc)
     return mi
 
