@@ -123,16 +123,22 @@ def dense_ranks(x_NxG: np.ndarray) -> Optional[np.ndarray]:
 
 def _random_tie_ranks(dense_GxN: np.ndarray, key_NxG: np.ndarray) -> Optional[np.ndarray]:
     """Ranks [G, N] (int32) of each gene's cells by (value, key), the order of `np.lexsort((key, x), axis=0)`,
-    gene-major from the dense ranks d: sort the cells by key, then a stable radix sort by d (uint16). None
-    (the caller lexsorts) if a key repeats within a gene, where lexsort's index order would decide."""
+    gene-major from the dense ranks d: one sort of d + key / 2 (the dense ranks are >= 1 apart and key / 2 <
+    1/2, so the order is by d, then key, unless rounding makes two sums equal -- checked; then one sort by
+    key and a stable radix sort by d). None (the caller lexsorts) if a key repeats within a gene, where
+    lexsort's index order would decide."""
     g, n = dense_GxN.shape
     key_GxN = np.ascontiguousarray(key_NxG.T)
-    by_key = np.argsort(key_GxN, axis=1)
-    ks = np.take_along_axis(key_GxN, by_key, axis=1)
-    if (ks[:, 1:] == ks[:, :-1]).any():
-        return None
-    order = np.take_along_axis(by_key, np.argsort(np.take_along_axis(dense_GxN, by_key, axis=1), axis=1,
-                                                  kind="stable"), axis=1)
+    both = dense_GxN + 0.5 * key_GxN
+    order = np.argsort(both, axis=1)
+    sorted_both = np.take_along_axis(both, order, axis=1)
+    if (sorted_both[:, 1:] == sorted_both[:, :-1]).any():
+        by_key = np.argsort(key_GxN, axis=1)
+        ks = np.take_along_axis(key_GxN, by_key, axis=1)
+        if (ks[:, 1:] == ks[:, :-1]).any():
+            return None
+        order = np.take_along_axis(by_key, np.argsort(np.take_along_axis(dense_GxN, by_key, axis=1), axis=1,
+                                                      kind="stable"), axis=1)
     ranks_GxN = np.empty((g, n), np.int32)
     np.put_along_axis(ranks_GxN, order, np.broadcast_to(np.arange(n, dtype=np.int32), (g, n)), axis=1)
     return ranks_GxN
