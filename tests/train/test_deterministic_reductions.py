@@ -65,7 +65,12 @@ def test_two_processes_match_one_bit_for_bit(runs, tmp_path):
                               env=_env(4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                                        JAX_PROCESS_ID=str(i)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    texts = [p.communicate(timeout=300)[0] for p in procs]
+    try:
+        texts = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:  # a process left waiting for its peer (the other failed to start) is ended here
+            if p.poll() is None:
+                p.kill()
     assert all(p.returncode == 0 for p in procs), [t[-2000:] for t in texts]
     assert json.loads(out.read_text()) == runs["data4_fsdp2"][1]  # two_process_toy.MESH, one process
 
