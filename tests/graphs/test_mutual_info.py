@@ -157,3 +157,89 @@ def test_adaptive_histogram_path_matches_point_by_point_reference(n):
     np.testing.assert_allclose(grid[i, j], mi._ap_chunk(xr[:, [i]], yr[:, [j]], mi.CHI2_3DOF_P05)[0],
                                rtol=tol.rtol, atol=tol.atol)
     assert np.array_equal(grid, mi.adaptive_partition_mi_grid(xr, yr))  # chunking never changes the bits
+
+
+def _adaptive_mi_recursive(x, y, chi2=mi.CHI2_3DOF_P05):
+    """ARACNe adaptive partitioning written as the plain recursion over cells (one pair, Python loops):
+    the definition, independent of the histogram, Morton-order and vectorised paths."""
+    n = len(x)
+    total = 0.0
+
+    def leaf(k, wx, wy):
+        return k * np.log(k / (wx * wy)) if k > 0 else 0.0
+
+    def visit(idx, xlo, xhi, ylo, yhi, root):
+        nonlocal total
+        mx, my = (xlo + xhi) // 2, (ylo + yhi) // 2
+        quads = [[i for i in idx if (x[i] >= mx) == qx and (y[i] >= my) == qy] for qx in (0, 1) for qy in (0, 1)]
+        e = len(idx) / 4.0
+        if not root and sum((len(q) - e) ** 2 for q in quads) / e <= chi2:
+            total += leaf(len(idx), xhi - xlo, yhi - ylo)  # uniform: a leaf
+            return
+        for (qx, qy), q in zip(((0, 0), (0, 1), (1, 0), (1, 1)), quads):
+            bx = (mx, xhi) if qx else (xlo, mx)
+            by = (my, yhi) if qy else (ylo, my)
+            if len(q) <= 2:
+                total += leaf(len(q), bx[1] - bx[0], by[1] - by[0])
+            else:
+                visit(q, *bx, *by, root=False)
+
+    visit(list(range(n)), 0, n, 0, n, root=True)
+    return total / n + np.log(n)
+
+
+@pytest.mark.parametrize("n", [8, 9, 16, 31, 64, 150, 301])
+def test_adaptive_grid_matches_plain_recursion(n):
+    """Every path of the grid (depth-2 cumulative counts, depth-3 Morton-prefix counts, sorted Morton codes
+    below) and the per-pair function against the recursive definition, for independent to deterministic pairs,
+    whatever the chunking."""
+    rng = np.random.default_rng(100 + n)
+    z = rng.standard_normal((n, 4))
+    noise = np.array([0.0, 0.1, 0.5, 1.0, 3.0, 100.0])
+    w = np.concatenate([z[:, :1] + noise * rng.standard_normal((n, noise.size)),
+                        np.sin(4 * z[:, 1:2]) + 0.05 * rng.standard_normal((n, 1)), -z[:, 2:3]], axis=1)
+    xr, yr = mi.rank_transform(z, ties="random", rng=rng), mi.rank_transform(w, ties="random", rng=rng)
+    ref = np.array([[_adaptive_mi_recursive(xr[:, i], yr[:, j]) for j in range(yr.shape[1])]
+                    for i in range(xr.shape[1])])
+    tol = tolerance(np.float64)
+    grid = mi.adaptive_partition_mi_grid(xr, yr)
+    np.testing.assert_allclose(grid, ref, rtol=tol.rtol, atol=tol.atol)
+    for max_points in (n, 3 * n + 1, 64 * n):  # gene chunks and deep-pair chunks of every size: same bits
+        assert np.array_equal(mi.adaptive_partition_mi_grid(xr, yr, max_points=max_points), grid)
+    i, j = np.divmod(np.arange(xr.shape[1] * yr.shape[1]), yr.shape[1])
+    np.testing.assert_allclose(mi.adaptive_partition_mi(xr[:, i], yr[:, j]), ref.ravel(), rtol=tol.rtol,
+                               atol=tol.atol)
+    assert ref[0, 0] > ref[0, 5]
+    if n >= 64:
+        assert ref[0, 0] > np.log(8)  # y = x: the tree goes below depth 3 (the sorted Morton path ran)
+
+
+def _lexsort_ranks(x, key):
+    order = np.lexsort((key, x), axis=0)
+    out = np.empty(x.shape, np.int32)
+    np.put_along_axis(out, order, np.arange(x.shape[0], dtype=np.int32)[:, None], axis=0)
+    return out
+
+
+def test_random_tie_ranks_are_the_lexsort_order():
+    """The sort-by-(dense rank + key / 2) ranks equal lexsort((key, x)) on tied, signed and constant data, through
+    the collision fallback, the repeated-key and non-finite fallbacks, and with precomputed dense ranks."""
+    rng = np.random.default_rng(7)
+    cases = [np.where(rng.random((300, 30)) < 0.6, 0.0, rng.poisson(2.0, (300, 30))),
+             np.round(rng.standard_normal((200, 5)), 1), np.zeros((9, 2)), np.array([[0.0], [-0.0], [1.0]]),
+             np.array([[1.0, np.inf], [np.nan, 0.0], [0.0, 0.0]])]
+    for x in cases:
+        got = mi.rank_transform(x, ties="random", rng=np.random.default_rng(1))
+        assert np.array_equal(got, _lexsort_ranks(x, np.random.default_rng(1).random(x.shape)))
+        if np.isfinite(x).all():
+            again = mi.rank_transform(x, ties="random", rng=np.random.default_rng(1), dense_GxN=mi.dense_ranks(x))
+            assert np.array_equal(again, got)
+    x = np.zeros((40, 1)) + np.arange(40)[:, None] // 20 * 1000.0  # two tie groups, dense ranks 0 and 1
+    dense = mi.dense_ranks(x)
+    key = rng.random(x.shape) * 0.5 + 0.5
+    key[21] = np.nextafter(key[20], 2.0)  # distinct keys whose sums d + key / 2 round to the same value
+    assert (dense[0, 20] + 0.5 * key[20]) == (dense[0, 21] + 0.5 * key[21])
+    got = mi._random_tie_ranks(dense, key)
+    assert np.array_equal(got.T, _lexsort_ranks(x, key))
+    key[21] = key[20]  # a repeated key: the caller's lexsort decides
+    assert mi._random_tie_ranks(dense, key) is None
