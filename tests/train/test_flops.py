@@ -2,8 +2,12 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
+from grn_jax import _compat
 from grn_jax.models.config import tiny
 from grn_jax.train.config import TrainConfig
 from grn_jax.train.data import abstract_local_batch, mask_bins
@@ -71,3 +75,16 @@ def test_chebyshev_terms_are_counted():
     assert costs[2].dot - costs[1].dot == costs[1].dot - costs[0].dot
     assert costs[2].other - costs[1].other == costs[1].other - costs[0].other
     assert all(c.uncounted == {} for c in costs)  # the XLA path is traced, not the native kernel
+
+
+def test_shard_map_body_counts_once_per_shard_of_its_manual_axes():
+    mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(4, 2), ("a", "b"))
+    x, w = jax.ShapeDtypeStruct((16, 8), jnp.float32), jax.ShapeDtypeStruct((8, 5), jnp.float32)
+    whole = count_flops(lambda x, w: x @ w, x, w).dot
+    assert whole == 2 * 16 * 8 * 5
+    over_a = _compat.shard_map(lambda x, w: x @ w, mesh=mesh, in_specs=(P("a"), P()), out_specs=P("a"),
+                               axis_names={"a"})  # body [4, 8] @ [8, 5], 4 shards
+    assert count_flops(over_a, x, w).dot == whole
+    over_both = _compat.shard_map(lambda x, w: x @ w, mesh=mesh, in_specs=(P(("a", "b")), P()),
+                                  out_specs=P(("a", "b")))
+    assert count_flops(over_both, x, w).dot == whole
