@@ -277,6 +277,7 @@ def _one_blas_thread():
 
 
 HIST_DEPTH = 3  # the adaptive tree's top levels come from one 2^3 x 2^3 rank histogram per pair
+_DEEP_POINTS = 1 << 19  # points per chunk of deep pairs: their sorted codes stay in cache for the binary searches
 
 
 def _interval_tree(n: int, depth: int):
@@ -625,7 +626,7 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
             pr, pg = np.divmod(deep, gc)
             below = np.zeros(deep.size)
             m2 = (_spread_bits(ix, 2) << 1) | _spread_bits(iy, 2)  # the live cells' depth-2 Morton prefixes
-            step = max(1, max_points // n)
+            step = max(1, min(max_points, _DEEP_POINTS) // n)
             for s0 in range(0, deep.size, step):  # chunks of deep pairs; their cells are contiguous
                 s1 = min(deep.size, s0 + step)
                 c0, c1 = np.searchsorted(cell_pair, [s0, s1])
