@@ -623,6 +623,8 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
             deep, cell_pair = np.unique(cell_pair, return_inverse=True)  # pair index r * gc + (g - lo)
             if sx_RxN is None:
                 sx_RxN, sy_GxN = _morton_axes(n, xr_RxN, yr_GxN)
+                # their depth-3 prefixes (6 bits) as bytes
+                px_RxN, py_GxN = ((h >> (2 * (depth - 3))).astype(np.uint8) for h in (sx_RxN, sy_GxN))
             pr, pg = np.divmod(deep, gc)
             below = np.zeros(deep.size)
             m2 = (_spread_bits(ix, 2) << 1) | _spread_bits(iy, 2)  # the live cells' depth-2 Morton prefixes
@@ -631,17 +633,19 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
                 s1 = min(deep.size, s0 + step)
                 c0, c1 = np.searchsorted(cell_pair, [s0, s1])
                 cp, cx, cy = cell_pair[c0:c1] - s0, ix[c0:c1], iy[c0:c1]
-                code_PxN = sx_RxN[pr[s0:s1]] | sy_GxN[lo + pg[s0:s1]]
+                a, b = pr[s0:s1], lo + pg[s0:s1]
                 # Depth 3 from each pair's depth-3 Morton prefix counts; only pairs still live below are sorted.
-                h3 = np.bincount(((code_PxN >> (2 * (depth - 3))) + (np.arange(s1 - s0) * 64)[:, None]).ravel(),
-                                 minlength=(s1 - s0) * 64).reshape(-1, 64)
+                pre_PxN = (px_RxN[a] | py_GxN[b]).astype(np.int32)
+                pre_PxN += (np.arange(s1 - s0, dtype=np.int32) * 64)[:, None]
+                h3 = np.bincount(pre_PxN.ravel(), minlength=(s1 - s0) * 64).reshape(-1, 64)
                 sub = below[s0:s1]  # a view: the leaves below depth 2 are added in place
                 live, cix, ciy = _ap_level(sub, h3[cp[:, None], 4 * m2[c0:c1, None] + np.arange(4)], cp, cx, cy, 2,
                                            widths, chi2_threshold)
                 cp = np.broadcast_to(cp[:, None], live.shape)[live]
                 if cp.size:
                     still, row = np.unique(cp, return_inverse=True)
-                    _ap_sorted(sub, code_PxN[still], row, cix[live], ciy[live], 3, chi2_threshold, acc_index=still)
+                    _ap_sorted(sub, sx_RxN[a[still]] | sy_GxN[b[still]], row, cix[live], ciy[live], 3,
+                               chi2_threshold, acc_index=still)
             acc[deep] += below
         out = acc / n + np.log(n)
         mi[:, lo:hi] = out.reshape(r, gc)
