@@ -138,6 +138,10 @@ def _check_resume_config(saved: dict, current: dict, step: int, log=print) -> No
         if a != b:
             log(f"note: train.{key} changed since checkpoint step {step} ({a} -> {b}); the learning-rate "
                 f"schedule from here on differs from the original run's")
+    a, b = (c.get("train", {}).get("deterministic_reductions", False) for c in (saved, current))
+    if a != b:
+        log(f"note: train.deterministic_reductions changed since checkpoint step {step} ({a} -> {b}); the "
+            f"resumed steps sum gradients in another order and will not repeat the original run bit for bit")
 
 
 def pretrain(cfg: RunConfig, *, log: Callable[[str], None] = print) -> PretrainResult:

@@ -85,3 +85,15 @@ def test_per_shard_rules_leave_the_batch_axes_to_the_shard_map():
 def test_flag_is_validated():
     with pytest.raises(ValueError, match="train.deterministic_reductions"):
         TrainConfig(deterministic_reductions="yes")
+
+
+def test_resume_notes_a_changed_reduction_order():
+    from grn_jax.train.loop import _check_resume_config
+
+    base = {"model": {"d_model": 8}, "train": {"batch_size": 8, "deterministic_reductions": False}}
+    notes = []
+    _check_resume_config(base, base, 3, notes.append)
+    assert notes == []
+    on = {"model": {"d_model": 8}, "train": {"batch_size": 8, "deterministic_reductions": True}}
+    _check_resume_config(base, on, 3, notes.append)
+    assert len(notes) == 1 and "deterministic_reductions changed since checkpoint step 3 (False -> True)" in notes[0]
