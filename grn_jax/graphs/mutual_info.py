@@ -12,11 +12,11 @@ Two estimators of the same quantity (nats):
   quadrants while a chi-square test (3 dof, 7.815 = p 0.05) rejects
   uniformity (the root is always split, quadrants with <= 2 points stop);
   every leaf adds `n log(n / (w_x w_y))`, and `MI = sum / N + log N`.
-  The pivots do not depend on the data, so the top `HIST_DEPTH` (3) levels of
-  every pair's tree come from rank-bin histograms -- for a regulator x gene
-  grid, depths 1-2 of every pair from one product of cumulative-indicator
-  matrices, depth 3 only for the pairs that get there -- and only the cells
-  still live below are followed point by point (one vectorised pass per depth). Pivots
+  The pivots do not depend on the data, so the top levels of every pair's
+  tree come from rank-bin counts -- for a regulator x gene grid, depths 1-2
+  of every pair from one product of cumulative-indicator matrices, depth 3
+  only for the pairs that get there -- and the cells still live below from
+  binary searches in the pair's sorted Morton codes (`adaptive_partition_mi_grid`). Pivots
   use half-open rank intervals `[lo, mid) / [mid, hi)`; ARACNe-AP's `<=`
   pivot differs by one rank on odd widths.
 
@@ -468,7 +468,7 @@ def _ap_sorted(acc, code_PxN: np.ndarray, cell_pair, ix, iy, depth0: int, chi2_t
     """Adds to acc the leaves of the trees below the live cells (cell_pair, ix, iy) at depth `depth0`
     (sorted by pair) of P pairs, given their points' Morton codes [P, N] (`_morton_axes`; sorted here, in
     place), level by level, without touching the points after the sort. Pair p's leaves go to
-    acc[acc_index[p]] (default acc[p]).
+    acc[acc_index[p]] (default acc[p]). `code_PxN` is overwritten.
 
     Each point's Morton code interleaves its x and y paths through the fixed tree (x bit first: the
     quadrant order q = 2 x-half + y-half), so after sorting each pair's codes every cell at every depth is a
@@ -476,21 +476,28 @@ def _ap_sorted(acc, code_PxN: np.ndarray, cell_pair, ix, iy, depth0: int, chi2_t
     sorted codes (three searches per live cell and level instead of a pass over its points). Cells are
     visited, and their leaves added, in the order of `_ap_levels`, with the same arithmetic (`_ap_level`).
     """
-    n = code_PxN.shape[1]
-    depth, _, widths = _full_paths(n)
+    (p, n), depth = code_PxN.shape, _full_paths(code_PxN.shape[1])[0]
+    widths = _full_paths(n)[2]
+    # Pair p's codes offset by p << 2D: one ascending array. int32 while the largest key fits.
+    dt = np.int32 if code_PxN.dtype == np.int32 and (p << (2 * depth)) < (1 << 31) else np.int64
+    code_PxN = code_PxN.astype(dt, copy=False)
+    code_PxN += (np.arange(p, dtype=dt) << (2 * depth))[:, None]
     code_PxN.sort(axis=1)
-    flat = (code_PxN + (np.arange(code_PxN.shape[0], dtype=np.int64) << (2 * depth))[:, None]).ravel()
+    flat = code_PxN.ravel()
+
+    def find(keys):
+        return np.searchsorted(flat, keys.astype(dt, copy=False))
+
     cell_pair = np.asarray(cell_pair, np.int64)
     ix, iy = np.asarray(ix, np.int64), np.asarray(iy, np.int64)
     m = (_spread_bits(ix, depth0) << 1) | _spread_bits(iy, depth0)  # the cells' Morton prefixes
     base = cell_pair << (2 * depth)
     shift = 2 * (depth - depth0)
-    start, end = np.searchsorted(flat, base + (m << shift)), np.searchsorted(flat, base + ((m + 1) << shift))
+    start, end = find(base + (m << shift)), find(base + ((m + 1) << shift))
     d = depth0
     while m.size:
         shift = 2 * (depth - d - 1)
-        bounds = np.stack([start] + [np.searchsorted(flat, base + ((4 * m + q) << shift)) for q in (1, 2, 3)]
-                          + [end], axis=1)
+        bounds = np.stack([start] + [find(base + ((4 * m + q) << shift)) for q in (1, 2, 3)] + [end], axis=1)
         live, cix, ciy = _ap_level(acc, np.diff(bounds, axis=1), cell_pair if acc_index is None else
                                    acc_index[cell_pair], ix, iy, d, widths, chi2_threshold)
         cell_pair = np.broadcast_to(cell_pair[:, None], live.shape)[live]
@@ -581,13 +588,16 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
        per cell and pair instead of 64; integer counts < 2^24, exact in float32 whatever the BLAS or the
        chunk. Depths 1 and 2 of the tree follow (`_ap_top2`); a pair with no live depth-2 cell is done
        (about 95 % of independent pairs, e.g. the permutation null's);
-    2. the other pairs' 8 x 8 (depth-3) histograms (`_hist3`: a one-hot product for a regulator with many
-       such pairs, one bincount for the rest) and depths 1-3 from them (`_ap_from_hist`);
-    3. the trees still live below depth 3 point by point (`_ap_finish`).
+    2. the pairs with a live depth-2 cell: each point's Morton code (its x and y paths through the fixed
+       tree, interleaved); the counts of the codes' depth-3 prefixes give those cells' quadrants, and one
+       level of `_ap_level`;
+    3. the pairs still live at depth 3: their codes sorted once, after which every cell at every depth
+       is a contiguous run and its quadrant counts come from binary searches (`_ap_sorted`), level by
+       level, in `_ap_levels`' order and arithmetic.
 
-    A pair's value depends only on its two rank vectors (which stage finishes it is decided by them
-    alone), never on the chunk or the other pairs. Same values as `adaptive_partition_mi` on each pair
-    (to rounding: stage 1 sums a pair's leaves in another order than stage 2).
+    A pair's value depends only on its two rank vectors, never on the chunk or the other pairs (tested:
+    same bits for every `max_points`). Equal to the plain recursion to rounding (the leaves are summed in
+    another order); `adaptive_partition_mi` (one pair per column, from 8 x 8 histograms) agrees likewise.
     """
     xr_NxR, yr_NxG = np.asarray(xr_NxR), np.asarray(yr_NxG)
     if xr_NxR.ndim != 2 or yr_NxG.ndim != 2 or xr_NxR.shape[0] != yr_NxG.shape[0]:
@@ -628,7 +638,7 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
             pr, pg = np.divmod(deep, gc)
             below = np.zeros(deep.size)
             m2 = (_spread_bits(ix, 2) << 1) | _spread_bits(iy, 2)  # the live cells' depth-2 Morton prefixes
-            step = max(1, min(max_points, _DEEP_POINTS) // n)
+            step = max(1, min(min(max_points, _DEEP_POINTS) // n, (1 << 31 >> (2 * depth)) - 1))
             for s0 in range(0, deep.size, step):  # chunks of deep pairs; their cells are contiguous
                 s1 = min(deep.size, s0 + step)
                 c0, c1 = np.searchsorted(cell_pair, [s0, s1])
