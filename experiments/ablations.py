@@ -426,7 +426,7 @@ def machine() -> dict:
 
 
 def run(name: str, seeds: int, steps: int, work_dir: Path, out_dir: Path, log=print, data: str = "pbmc",
-        command: str = "", only: Optional[list] = None) -> dict:
+        command: str = "", only: Optional[list] = None, recorded_only: bool = False) -> dict:
     """Run ablation `name` (all variants x seeds) on `data` and write out_dir/<name>[_<data>].md|.json."""
     if name not in ABLATIONS:
         raise ValueError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
@@ -489,6 +489,9 @@ def run(name: str, seeds: int, steps: int, work_dir: Path, out_dir: Path, log=pr
                     log(f"{name}: {variant} seed {seed}: the identical run config is recorded as {src['table']} / "
                         f"{src['variant']}: reused")
                     continue
+            if recorded_only:
+                log(f"{name}: {variant} seed {seed}: not recorded; left out (--recorded-only)")
+                continue
             if shards is None:
                 shards, gspec = prep(kind)
             ts = time.time()
@@ -647,6 +650,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
     p.add_argument("--steps", type=int, default=300, help="optimiser steps per run (default 300, 10x the first runs)")
     p.add_argument("--only", default=None, help="comma-separated variants to run (timing / development)")
+    p.add_argument("--recorded-only", action="store_true",
+                   help="write the page from the runs recorded so far, running none (a cut-short table: n per cell)")
     p.add_argument("--work-dir", default=str(HERE / "work"))
     p.add_argument("--out-dir", default=str(HERE / "results"))
     p.add_argument("--rerender", action="store_true",
@@ -675,7 +680,7 @@ def main(argv=None) -> int:
         command = (f"nice -n 10 .venv/bin/python experiments/ablations.py {name} --data {a.data} --seeds {a.seeds} "
                    f"--steps {a.steps}" + (f" --only {a.only}" if a.only else ""))
         run(name, a.seeds, a.steps, Path(a.work_dir), Path(a.out_dir), log=_log, data=a.data, command=command,
-            only=a.only.split(",") if a.only else None)
+            only=a.only.split(",") if a.only else None, recorded_only=a.recorded_only)
     return 0
 
 
