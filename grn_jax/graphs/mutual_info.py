@@ -333,7 +333,7 @@ def _ap_from_hist(h_PxBxB: np.ndarray, widths, n: int, chi2_threshold: float):
 
 def _ap_top2(cum_4x4xP: np.ndarray, widths, chi2_threshold: float):
     """Depths 1 and 2 of P adaptive trees from their cumulative depth-2 counts cum[a, b] = #(x-bin <= a,
-    y-bin <= b) (float32 or float64, exact integers). Returns the sum [P] of the leaves at depths 1-2 and the live
+    y-bin <= b) (integers). Returns the sum [P] of the leaves at depths 1-2 and the live
     depth-2 cells (split parent, > 2 points) as (pair, x interval, y interval), sorted, which `_ap_deep`
     continues."""
     rows = np.empty_like(cum_4x4xP)  # differences along x, then y: the depth-2 counts [4, 4, P]
@@ -343,13 +343,17 @@ def _ap_top2(cum_4x4xP: np.ndarray, widths, chi2_threshold: float):
     h[:, 0] = rows[:, 0]
     np.subtract(rows[:, 1:], rows[:, :-1], out=h[:, 1:])
     kids = h.reshape(2, 2, 2, 2, -1)  # [x half, x quarter, y half, y quarter, P]
-    c1 = kids.sum(axis=(1, 3), dtype=np.float64)  # [2, 2, P] the root's quadrants
+    c1_int = kids.sum(axis=(1, 3))  # [2, 2, P] the root's quadrants
+    c1 = c1_int.astype(np.float64)
     a1 = np.outer(widths[1], widths[1]).astype(np.float64)[:, :, None]
+    # chi2 = sum (k - c/4)^2 / (c/4): the sum is exact in floats (quarter-integers), so it is computed as the
+    # integer sum (4k - c)^2 / 16 -- the same float, then the same one rounding in the division.
+    wide = np.int32 if int(cum_4x4xP[3, 3].max(initial=0)) <= 5792 else np.int64  # 64 n^2 < 2^31
+    dev = 4 * kids.astype(wide, copy=False) - c1_int[:, None, :, None].astype(wide, copy=False)
+    np.square(dev, out=dev)
     with np.errstate(divide="ignore", invalid="ignore"):
         exp = c1 / 4.0
-        dev = kids - exp[:, None, :, None]
-        np.square(dev, out=dev)
-        chi2 = dev.sum(axis=(1, 3))
+        chi2 = dev.sum(axis=(1, 3)) / 16.0
         chi2 /= exp
         info = np.log(c1 / a1)
         info *= c1
@@ -624,7 +628,7 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
         with _one_blas_thread():  # small products: on a busy shared machine BLAS threads make them 20x slower
             c = uy.T @ ux  # [3 Gc, 3 R]: pair (r, g) at rows 3g.., cols 3r..
         # Cumulative counts [4, 4, P] (pair p = r * gc + g - lo), the last row / column the known marginals.
-        cum = np.empty((4, 4, r, gc), np.float32)  # sums of 0/1 below 2^24: exact in float32
+        cum = np.empty((4, 4, r, gc), np.int32)  # sums of 0/1 below 2^24: exact in float32
         cum[:3, :3] = c.reshape(gc, 3, r, 3).transpose(3, 1, 2, 0)
         cum[3, :3] = cum[:3, 3] = cuts_3[:, None, None]
         cum[3, 3] = n
