@@ -610,7 +610,7 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
     if n < 8:
         raise ValueError(f"adaptive partitioning needs at least 8 cells, got {n}")
     tree = _interval_tree(n, HIST_DEPTH)
-    bins_N, widths, (_, hi_B) = tree
+    _, widths, (_, hi_B) = tree
     nb = 1 << HIST_DEPTH
     cuts_3 = hi_B[1:-1:2]  # the depth-2 interval ends below n: x in depth-2 bin <= a  <=>  x < cuts_3[a]
     xr_RxN = np.ascontiguousarray(xr_NxR.T)
