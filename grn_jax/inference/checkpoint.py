@@ -1,7 +1,9 @@
 """Load a pretraining run for inference: parameters, model config, vocabulary and tokenisation record.
 
 A run directory (written by `grn-jax pretrain`) holds orbax checkpoints with the
-train state, the resolved run config and the vocabulary (`grn_jax.train.checkpoint`).
+train state, the resolved run config and the vocabulary (`grn_jax.train.checkpoint`),
+in `checkpoints/` or wherever its config.yaml's `train.checkpoint_dir` says (a
+local path or a URL such as `gs://...`).
 Inference needs, besides the parameters, *exactly* how training tokenised cells:
 the data config (normalisation target, `max_genes`, neighbour tokens, edge budget),
 the number of bins and the bucket lists. Pretraining stores that record in the
@@ -26,7 +28,7 @@ import jax
 
 from grn_jax._io import read_json
 from grn_jax.data.vocab import GeneVocab
-from grn_jax.train.checkpoint import INTEGRITY_FILE, Checkpointer, CheckpointError
+from grn_jax.train.checkpoint import INTEGRITY_FILE, Checkpointer, CheckpointError, checkpoint_path
 
 TOKENIZATION_KEYS = ("data_config", "bin_spec", "seq_buckets", "edge_buckets")
 
@@ -52,9 +54,9 @@ class Pretrained:
                 "data_content_hash": self.tokenization.get("content_hash"), "metrics": self.metrics}
 
 
-def checkpoint_sha256(step_dir: Path) -> str:
-    """SHA-256 of a sealed checkpoint step's integrity record (which hashes every file)."""
-    record = Path(step_dir) / INTEGRITY_FILE
+def checkpoint_sha256(step_dir) -> str:
+    """SHA-256 of a sealed checkpoint step's integrity record (which hashes every file); a path or URL."""
+    record = checkpoint_path(step_dir) / INTEGRITY_FILE
     if not record.is_file():
         raise CheckpointError(f"{step_dir} has no {INTEGRITY_FILE}: the save never completed; use another step")
     return hashlib.sha256(record.read_bytes()).hexdigest()
@@ -152,10 +154,10 @@ def load_pretrained(run_dir: str | Path, *, step: Optional[int] = None) -> Pretr
     partial or corrupt checkpoint, a vocabulary that does not fit the model.
     """
     run_dir = Path(run_dir).absolute()
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = run_checkpoint_dir(run_dir)
     if not ckpt_dir.is_dir():
-        raise ValueError(f"{run_dir} is not a pretraining run directory (no checkpoints/ folder); pass the "
-                         "train.run_dir of a `grn-jax pretrain` run")
+        raise ValueError(f"{run_dir} is not a pretraining run directory (no checkpoint folder {ckpt_dir}); pass "
+                         "the train.run_dir of a `grn-jax pretrain` run")
     ckpt = Checkpointer(ckpt_dir, every=1, keep_last=1_000_000, keep_best=0, async_save=False)
     try:
         step = resolve_step(ckpt, step, str(run_dir))
@@ -181,7 +183,19 @@ def load_pretrained(run_dir: str | Path, *, step: Optional[int] = None) -> Pretr
                       checkpoint_hash=checkpoint_sha256(ckpt_dir / str(step)), metrics=metrics)
 
 
-def _read_json_item(item_dir: Path, run_dir: Path) -> dict:
+def run_checkpoint_dir(run_dir: Path):
+    """A run's checkpoint folder: `train.checkpoint_dir` recorded in its config.yaml, else <run_dir>/checkpoints."""
+    import yaml
+
+    cfg_path = Path(run_dir) / "config.yaml"
+    recorded = None
+    if cfg_path.is_file():
+        train = (yaml.safe_load(cfg_path.read_text()) or {}).get("train") or {}
+        recorded = train.get("checkpoint_dir")
+    return checkpoint_path(recorded) if recorded else Path(run_dir) / "checkpoints"
+
+
+def _read_json_item(item_dir, run_dir: Path) -> dict:
     """The JSON item orbax wrote (`metadata` file of a JsonSave item)."""
     path = item_dir / "metadata"
     try:

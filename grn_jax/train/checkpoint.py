@@ -14,6 +14,10 @@ completed) is reported and skipped by `latest_valid_step`; `restore_latest`
 it when it cannot be restored. Arrays are restored
 directly into the shardings of the *current* mesh, which may differ from the
 mesh that saved them.
+
+`directory` may be a URL (`gs://bucket/run/checkpoints`, any scheme `etils.epath`
+knows): every file operation then goes through `etils.epath` (which orbax uses
+too), never `pathlib`; local paths keep `pathlib` and `os.replace`.
 """
 
 from __future__ import annotations
@@ -60,23 +64,78 @@ class Restored:
     vocab: Any
 
 
-def _hash_files(step_dir: Path) -> dict:
+def is_url(directory: str | os.PathLike) -> bool:
+    """True for `scheme://...` (remote storage through etils.epath), False for a local path."""
+    return "://" in os.fspath(directory)
+
+
+def checkpoint_path(directory: str | os.PathLike):
+    """A local path as an absolute `pathlib.Path`; a URL as an `etils.epath.Path` (no pathlib string handling)."""
+    if not is_url(directory):
+        return Path(directory).absolute()
+    from etils import epath
+
+    url = os.fspath(directory)
+    try:
+        path = epath.Path(url)
+    except KeyError:  # epath has no path class registered for this scheme
+        raise ValueError(f"train.checkpoint_dir {url!r}: etils.epath has no backend for "
+                         f"{url.split('://')[0]}:// (it ships gs://, s3://, az://, hf://); use one of those or a "
+                         f"local path") from None
+    _check_orbax_can_write_arrays(url)
+    return path
+
+
+def _check_orbax_can_write_arrays(url: str) -> None:
+    """Fail at start, not at the first save, where orbax's tensorstore layer has no driver for the URL.
+
+    orbax 0.12 maps gs:// to tensorstore's GCS driver and anything else to its file driver, which
+    refuses a URL (s3:// included). The check uses orbax's own spec builder; if a later orbax moves
+    it, the check is skipped and orbax reports the problem at the first save.
+    """
+    try:
+        from orbax.checkpoint._src.serialization.tensorstore_utils import _build_ocdbt_kvstore_tspec
+    except ImportError:
+        return
+    try:
+        _build_ocdbt_kvstore_tspec(url, "probe")
+    except ValueError as e:
+        raise ValueError(f"train.checkpoint_dir {url!r}: orbax {ocp.__version__} cannot write arrays there "
+                         f"({e}); use gs://, or a local or mounted path") from None
+
+
+def _remote_files(directory) -> list:
+    """Every file under an epath `directory` by listing each folder (epath refuses `**` globs on object stores)."""
+    files = []
+    for child in directory.iterdir():
+        if child.is_dir():
+            files.extend(_remote_files(child))
+        else:
+            files.append(child)
+    return files
+
+
+def _hash_files(step_dir) -> dict:
+    local = isinstance(step_dir, Path)
+    found = (p for p in step_dir.rglob("*") if p.is_file()) if local else _remote_files(step_dir)
     digests = {}
-    for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != INTEGRITY_FILE):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
+    for path in sorted(p for p in found if p.name != INTEGRITY_FILE):
+        h, n = hashlib.sha256(), 0
+        with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-        digests[str(path.relative_to(step_dir))] = {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
+                n += len(chunk)
+        digests[str(path.relative_to(step_dir))] = {"sha256": h.hexdigest(),
+                                                    "bytes": path.stat().st_size if local else n}
     return digests
 
 
 class Checkpointer:
-    """Save/restore train state + data-iterator state + config + vocabulary under `directory`."""
+    """Save/restore train state + data-iterator state + config + vocabulary under `directory` (a path or URL)."""
 
     def __init__(self, directory: str | os.PathLike, *, every: int, keep_last: int = 2, keep_best: int = 1,
                  async_save: bool = True):
-        self.directory = Path(directory).absolute()
+        self.directory = checkpoint_path(directory)
         self.every = every
         policies = [ocp.checkpoint_managers.LatestN(n=keep_last)]
         if keep_best > 0:
@@ -128,7 +187,10 @@ class Checkpointer:
         record = {"step": step, "files": _hash_files(step_dir)}
         tmp = step_dir / (INTEGRITY_FILE + ".tmp")
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-        os.replace(tmp, step_dir / INTEGRITY_FILE)
+        if isinstance(tmp, Path):
+            os.replace(tmp, step_dir / INTEGRITY_FILE)
+        else:  # epath: write then rename as locally (on GCS a copy + delete; an object never appears half-written)
+            tmp.replace(step_dir / INTEGRITY_FILE)
 
     def wait(self) -> None:
         """Block until every started save is finalised and sealed."""

@@ -79,10 +79,13 @@ class TrainConfig:
     `batch_size` is the GLOBAL number of cells per optimiser step, split into
     `grad_accum` micro-batches that are accumulated inside one compiled step.
     `run_dir` holds everything the run writes (config, provenance, metrics,
-    checkpoints); restarting with the same `run_dir` resumes.
+    checkpoints); restarting with the same `run_dir` resumes. It must be local
+    (metrics, the run lock, logs); `checkpoint_dir` moves the checkpoints
+    elsewhere, e.g. to `gs://bucket/run/checkpoints` (through etils.epath / orbax).
     """
 
     run_dir: str = "runs/default"
+    checkpoint_dir: Optional[str] = None  # None: <run_dir>/checkpoints; a local path or a URL (gs://...)
     steps: int = 100
     batch_size: int = 8
     grad_accum: int = 1
@@ -137,6 +140,12 @@ class TrainConfig:
         _check(self.keep_best >= 0, "train.keep_best", f"must be >= 0, got {self.keep_best}")
         _check(isinstance(self.seed, int) and self.seed >= 0, "train.seed", f"must be an integer >= 0, got {self.seed!r}")
         _check(bool(self.run_dir), "train.run_dir", "must be a non-empty path")
+        _check("://" not in str(self.run_dir), "train.run_dir",
+               f"must be a local directory (it holds metrics, the run lock and logs), got {self.run_dir!r}; put "
+               f"checkpoints on remote storage with train.checkpoint_dir (e.g. gs://bucket/run/checkpoints)")
+        _check(self.checkpoint_dir is None or (isinstance(self.checkpoint_dir, str) and bool(self.checkpoint_dir)),
+               "train.checkpoint_dir", f"must be a non-empty path or URL, or null (= <run_dir>/checkpoints), "
+               f"got {self.checkpoint_dir!r}")
         _check(isinstance(self.deterministic_reductions, bool), "train.deterministic_reductions",
                f"must be true or false, got {self.deterministic_reductions!r}")
 

@@ -177,8 +177,10 @@ def _pretrain(cfg: RunConfig, run_dir: Path, log: Callable[[str], None]) -> Pret
     tx = make_optimizer(t)
 
     rng = jax.random.key(t.seed)
-    ckpt = Checkpointer(run_dir / "checkpoints", every=t.checkpoint_every, keep_last=t.keep_last,
-                        keep_best=t.keep_best, async_save=t.async_checkpoint)
+    ckpt = Checkpointer(t.checkpoint_dir or run_dir / "checkpoints", every=t.checkpoint_every,
+                        keep_last=t.keep_last, keep_best=t.keep_best, async_save=t.async_checkpoint)
+    if t.checkpoint_dir is not None:  # recorded absolute (or as the URL) so inference finds it from run_dir
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, checkpoint_dir=str(ckpt.directory)))
     resolved = {**cfg.to_dict(), "tokenization": data.tokenization}  # read back by grn_jax.inference
     restored = None
     if ckpt.all_steps():
