@@ -598,6 +598,8 @@ def write_results(name: str, rows: list, seeds: int, steps: int, seconds: float,
     spec = ABLATIONS[name]
     stem = stem or name
     variants = variants or spec["variants"]
+    if data != "pbmc":  # the table's compute: every run's own time (an identical run reused from another table once)
+        seconds = float(sum(r.get("seconds") or 0.0 for r in rows if not r.get("reused_from")))
     table = aggregate(rows, METRICS)
     command = command or (f".venv/bin/python experiments/ablations.py {name} --seeds {seeds} --steps {steps}"
                           + (f" --data {data}" if data != "pbmc" else ""))
@@ -619,6 +621,15 @@ def write_results(name: str, rows: list, seeds: int, steps: int, seconds: float,
                  "the metric; lower val_loss, higher val_acc / F1 is better). " + overrides)
         notes = [n for n in spec["notes"] if n != ADAPTER_NOTE and not n.startswith("annot_f1 is missing")]
         notes += DATA_NOTES[data] + NEW_COMMON_NOTES
+        reused = sorted({f"{r['variant']} = {r['reused_from']}" for r in rows if r.get("reused_from")})
+        if reused:
+            notes.append("Rows reused from another table's run with the identical resolved run config (training is "
+                         "deterministic given the config; checked: grn_type cell-type reproduces gdka_vs_vanilla gdka "
+                         "to every digit): " + "; ".join(reused) + ".")
+        notes.append("Wall time below: the sum of this table's runs' own times (pretraining + annotation; data "
+                     "preparation and network inference excluded), on a 2-core machine shared with three other "
+                     "engineers (load average 7-15 during these runs), so step times are several times the "
+                     "machine's unloaded speed.")
         errs = sorted({r["annot_error"] for r in rows if r.get("annot_error")})
         if errs:
             notes.append("Annotation could not run for some rows (counted as missing): " + " | ".join(errs))
