@@ -16,7 +16,10 @@ Two estimators of the same quantity (nats):
   tree come from rank-bin counts -- for a regulator x gene grid, depths 1-2
   of every pair from one product of cumulative-indicator matrices, depth 3
   only for the pairs that get there -- and the cells still live below from
-  binary searches in the pair's sorted Morton codes (`adaptive_partition_mi_grid`). Pivots
+  binary searches in the pair's sorted Morton codes (`adaptive_partition_mi_grid`); with numba
+  installed, depths 2 and below run in one compiled kernel instead (`_ap_deep_py`: per pair,
+  depth-3 prefix counts, then a counting sort of the live points per level; same visit order,
+  same leaf values, same bits; the numpy stages stay as the fallback, `GRN_JAX_NO_NUMBA=1`). Pivots
   use half-open rank intervals `[lo, mid) / [mid, hi)`; ARACNe-AP's `<=`
   pivot differs by one rank on odd widths.
 
@@ -26,6 +29,7 @@ Inputs are (cells x genes) matrices; constant or non-finite columns raise.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional, Sequence
 
 import jax
@@ -580,6 +584,232 @@ def _ap_levels(x, y, seg_len, seg_pair, lox, hix, loy, hiy, n_pairs: int, chi2_t
     return acc
 
 
+# --- compiled deep trees (numba, when it imports) -------------------------------------------------------------
+
+_NUMBA_DISABLED = os.environ.get("GRN_JAX_NO_NUMBA", "") not in ("", "0")  # force the numpy path
+
+
+@functools.lru_cache(maxsize=1)
+def _deep_kernel():
+    """The numba kernel `_ap_deep_numba` compiled (cached on disk after the first run), or None without numba."""
+    if _NUMBA_DISABLED:
+        return None
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a declared dependency
+        return None
+    return numba.njit(cache=True, nogil=True)(_ap_deep_py)
+
+
+def _ap_deep_py(xr_RxN, yr_GxN, a_P, b_P, cell_ptr, m2_C, ix, iy, px_N, py_N, lo2, hi2, lo3, hi3, wmin_D,
+                leaf_Dx2x2xN, chi2_threshold, out_P):
+    """Leaf sums out[p] of the trees of pairs (xr[a_P[p]], yr[b_P[p]]) below their live depth-2 cells
+    (cells cell_ptr[p]:cell_ptr[p + 1] of (m2, ix, iy), Morton prefix and intervals, in `_ap_level`'s order).
+    Plain loops for numba. Depth 2 from the pair's 64 depth-3 Morton-prefix counts (px | py per point); the
+    pairs still live at depth 3: their points in live cells, grouped by cell, then level by level as
+    `_ap_level` over those cells: the uniform cells' leaves in cell order, then the split cells' quadrants of
+    <= 2 points in (cell, quadrant) order, then the live quadrants' points moved to their segments (a counting
+    sort). Leaf values come from the table `leaf[d, wx - wmin[d], wy - wmin[d], k]` (`_leaf_info`'s numpy
+    values, so the same bits), chi-square with `_ap_level`'s float operations (its sum of quarter-integer
+    squares is exact in any order). Returns 0, or 1 if a tree would go below the table's depth (ranks that
+    are not permutations)."""
+    n = xr_RxN.shape[1]
+    n_depth = wmin_D.shape[0]
+    h3 = np.zeros(64, np.int64)
+    slot = np.full(64, -1, np.int64)
+    xs = np.empty(n, np.int64)
+    ys = np.empty(n, np.int64)
+    xs2 = np.empty(n, np.int64)
+    ys2 = np.empty(n, np.int64)
+    qs = np.empty(n, np.int64)
+    size = n + 68
+    start = np.empty(size, np.int64)
+    seg = np.empty(size, np.int64)
+    lox = np.empty(size, np.int64)
+    hix = np.empty(size, np.int64)
+    loy = np.empty(size, np.int64)
+    hiy = np.empty(size, np.int64)
+    nstart = np.empty(size, np.int64)
+    nseg = np.empty(size, np.int64)
+    nlox = np.empty(size, np.int64)
+    nhix = np.empty(size, np.int64)
+    nloy = np.empty(size, np.int64)
+    nhiy = np.empty(size, np.int64)
+    cnt = np.empty((size, 4), np.int64)
+    split = np.empty(size, np.bool_)
+    fill = np.empty(size, np.int64)
+    code = np.empty(size, np.int64)
+    fq = np.empty(4, np.int64)
+    wm2, wm3 = wmin_D[2], wmin_D[3]
+    for p in range(a_P.shape[0]):
+        c0, c1 = cell_ptr[p], cell_ptr[p + 1]
+        acc = 0.0
+        xrow = xr_RxN[a_P[p]]
+        yrow = yr_GxN[b_P[p]]
+        for j in range(64):
+            h3[j] = 0
+        for i in range(n):
+            h3[px_N[xrow[i]] | py_N[yrow[i]]] += 1
+        for c in range(c0, c1):  # depth 2: uniform cells are leaves
+            b = 4 * m2_C[c]
+            k0, k1, k2, k3 = h3[b], h3[b + 1], h3[b + 2], h3[b + 3]
+            m = k0 + k1 + k2 + k3
+            e = m / 4.0
+            t0, t1, t2, t3 = k0 - e, k1 - e, k2 - e, k3 - e
+            chi2 = (((t0 * t0 + t1 * t1) + t2 * t2) + t3 * t3) / e
+            split[c - c0] = chi2 > chi2_threshold
+            if not split[c - c0]:
+                acc += leaf_Dx2x2xN[2, hi2[ix[c]] - lo2[ix[c]] - wm2, hi2[iy[c]] - lo2[iy[c]] - wm2, m]
+        ncell = 0
+        pos = 0
+        for c in range(c0, c1):  # the split cells' quadrants: <= 2 points are leaves, the others live
+            if split[c - c0]:
+                b = 4 * m2_C[c]
+                for q in range(4):
+                    k = h3[b + q]
+                    cx = 2 * ix[c] + (q >> 1)
+                    cy = 2 * iy[c] + (q & 1)
+                    if k <= 2:
+                        acc += leaf_Dx2x2xN[3, hi3[cx] - lo3[cx] - wm3, hi3[cy] - lo3[cy] - wm3, k]
+                    else:
+                        code[ncell] = b + q
+                        start[ncell] = pos
+                        fill[ncell] = pos
+                        seg[ncell] = k
+                        pos += k
+                        lox[ncell], hix[ncell], loy[ncell], hiy[ncell] = lo3[cx], hi3[cx], lo3[cy], hi3[cy]
+                        ncell += 1
+        if ncell == 0:
+            out_P[p] = acc
+            continue
+        for c in range(ncell):
+            slot[code[c]] = c
+        for i in range(n):  # the points of the live depth-3 cells, grouped by cell
+            s = slot[px_N[xrow[i]] | py_N[yrow[i]]]
+            if s >= 0:
+                k = fill[s]
+                xs[k] = xrow[i]
+                ys[k] = yrow[i]
+                fill[s] = k + 1
+        for c in range(ncell):
+            slot[code[c]] = -1
+        d = 3
+        while ncell > 0:
+            if d + 1 >= n_depth:
+                return 1
+            wm, wm1 = wmin_D[d], wmin_D[d + 1]
+            for c in range(ncell):  # quadrant counts, chi-square, uniform cells are leaves
+                mx = (lox[c] + hix[c]) // 2
+                my = (loy[c] + hiy[c]) // 2
+                k0 = k1 = k2 = k3 = 0
+                for k in range(start[c], start[c] + seg[c]):
+                    q = 2 * np.int64(xs[k] >= mx) + np.int64(ys[k] >= my)
+                    qs[k] = q
+                    k0 += q == 0
+                    k1 += q == 1
+                    k2 += q == 2
+                    k3 += q == 3
+                cnt[c, 0] = k0
+                cnt[c, 1] = k1
+                cnt[c, 2] = k2
+                cnt[c, 3] = k3
+                m = seg[c]
+                e = m / 4.0
+                t0, t1, t2, t3 = k0 - e, k1 - e, k2 - e, k3 - e
+                chi2 = (((t0 * t0 + t1 * t1) + t2 * t2) + t3 * t3) / e
+                split[c] = chi2 > chi2_threshold
+                if not split[c]:
+                    acc += leaf_Dx2x2xN[d, hix[c] - lox[c] - wm, hiy[c] - loy[c] - wm, m]
+            for c in range(ncell):  # the split cells' quadrants with <= 2 points are leaves
+                if split[c]:
+                    mx = (lox[c] + hix[c]) // 2
+                    my = (loy[c] + hiy[c]) // 2
+                    for q in range(4):
+                        k = cnt[c, q]
+                        if k <= 2:
+                            wx = hix[c] - mx if q >= 2 else mx - lox[c]
+                            wy = hiy[c] - my if q % 2 == 1 else my - loy[c]
+                            acc += leaf_Dx2x2xN[d + 1, wx - wm1, wy - wm1, k]
+            nnew = 0
+            pos = 0
+            for c in range(ncell):  # the live quadrants, in (cell, quadrant) order, and their points
+                if not split[c]:
+                    continue
+                mx = (lox[c] + hix[c]) // 2
+                my = (loy[c] + hiy[c]) // 2
+                first = nnew
+                for q in range(4):
+                    k = cnt[c, q]
+                    fq[q] = -1
+                    if k > 2:
+                        nstart[nnew] = pos
+                        nseg[nnew] = k
+                        fq[q] = pos
+                        pos += k
+                        nlox[nnew] = mx if q >= 2 else lox[c]
+                        nhix[nnew] = hix[c] if q >= 2 else mx
+                        nloy[nnew] = my if q % 2 == 1 else loy[c]
+                        nhiy[nnew] = hiy[c] if q % 2 == 1 else my
+                        nnew += 1
+                if nnew == first:
+                    continue
+                for k in range(start[c], start[c] + seg[c]):
+                    q = qs[k]
+                    j = fq[q]
+                    if j >= 0:
+                        xs2[j] = xs[k]
+                        ys2[j] = ys[k]
+                        fq[q] = j + 1
+            xs, xs2 = xs2, xs
+            ys, ys2 = ys2, ys
+            start, nstart = nstart, start
+            seg, nseg = nseg, seg
+            lox, nlox = nlox, lox
+            hix, nhix = nhix, hix
+            loy, nloy = nloy, loy
+            hiy, nhiy = nhiy, hiy
+            ncell = nnew
+            d += 1
+        out_P[p] = acc
+    return 0
+
+
+@functools.lru_cache(maxsize=16)
+def _deep_tables(n: int):
+    """For `_ap_deep_py` at n points: each rank's depth-3 Morton-prefix half (x on the odd bits, y on the even
+    bits), the depth-2 and depth-3 interval bounds, the minimum interval width per depth 0..D and the leaf
+    values [D + 1, 2, 2, n + 1] (widths at depth d are wmin[d] or wmin[d] + 1) computed by `_leaf_info`
+    (numpy), so the kernel adds the same bits."""
+    bin3, _, (lo3, hi3) = _interval_tree(n, 3)
+    _, _, (lo2, hi2) = _interval_tree(n, 2)
+    widths = _full_paths(n)[2]
+    wmin = np.array([w.min() for w in widths], np.int64)
+    assert all(w.max() - w.min() <= 1 for w in widths)
+    shape = (wmin.size, 2, 2, n + 1)
+    k = np.broadcast_to(np.arange(n + 1, dtype=np.float64), shape)
+    wx = np.broadcast_to((wmin[:, None, None, None] + np.arange(2)[None, :, None, None]).astype(np.float64), shape)
+    wy = np.broadcast_to((wmin[:, None, None, None] + np.arange(2)[None, None, :, None]).astype(np.float64), shape)
+    leaf = np.ascontiguousarray(_leaf_info(k, wx, wy), np.float64)
+    py = _spread_bits(bin3, 3)
+    i64 = functools.partial(np.ascontiguousarray, dtype=np.int64)
+    return i64(py << 1), i64(py), i64(lo2), i64(hi2), i64(lo3), i64(hi3), wmin, leaf
+
+
+def _ap_deep(kernel, xr_RxN, yr_GxN, a_P, b_P, cell_pair, ix, iy, chi2_threshold: float) -> np.ndarray:
+    """Leaf sums [P] below the live depth-2 cells (cell_pair sorted; pair p = (xr[a_P[p]], yr[b_P[p]])) by the
+    compiled kernel: the values `_ap_level` + `_ap_sorted` give, bit for bit."""
+    n = xr_RxN.shape[1]
+    p = a_P.size
+    cell_ptr = np.searchsorted(np.asarray(cell_pair, np.int64), np.arange(p + 1))
+    ix, iy = np.asarray(ix, np.int64), np.asarray(iy, np.int64)
+    m2 = (_spread_bits(ix, 2) << 1) | _spread_bits(iy, 2)
+    out = np.empty(p, np.float64)
+    err = kernel(xr_RxN, yr_GxN, np.asarray(a_P, np.int64), np.asarray(b_P, np.int64), cell_ptr, m2, ix, iy,
+                 *_deep_tables(n), float(chi2_threshold), out)
+    if err:
+        raise ValueError("adaptive partitioning: rank vectors must be permutations of 0..N-1")
+    return out
+
 def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_threshold: float = CHI2_3DOF_P05,
                                max_points: int = 1 << 22) -> np.ndarray:
     """Adaptive-partitioning MI [R, G] of every (column of `xr_NxR`, column of `yr_NxG`) pair of rank vectors.
@@ -598,6 +828,10 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
     3. the pairs still live at depth 3: their codes sorted once, after which every cell at every depth
        is a contiguous run and its quadrant counts come from binary searches (`_ap_sorted`), level by
        level, in `_ap_levels`' order and arithmetic.
+
+    With numba, stages 2-3 are one compiled loop per deep pair (`_ap_deep_py`, compiled once and cached on
+    disk): the same cells visited in the same order with the same float operations, so the same bits (tested
+    against the numpy stages).
 
     A pair's value depends only on its two rank vectors, never on the chunk or the other pairs (tested:
     same bits for every `max_points`). Equal to the plain recursion to rounding (the leaves are summed in
@@ -621,6 +855,9 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
     depth = _full_paths(n)[0]
     sx_RxN = sy_GxN = None  # the rows' Morton halves, once some pair goes below depth 2
     chunk = max(1, max_points // (max(r, 1) * nb * nb))
+    kernel = _deep_kernel()
+    if kernel is not None:
+        xr32_RxN, yr32_GxN = (np.ascontiguousarray(v, np.int32) for v in (xr_RxN, yr_GxN))
     for lo in range(0, g, chunk):
         hi = min(g, lo + chunk)
         gc = hi - lo
@@ -633,7 +870,11 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
         cum[3, :3] = cum[:3, 3] = cuts_3[:, None, None]
         cum[3, 3] = n
         acc, (cell_pair, ix, iy) = _ap_top2(cum.reshape(4, 4, -1), widths, chi2_threshold)
-        if cell_pair.size:
+        if cell_pair.size and kernel is not None:  # the compiled deep trees: same visits, same bits
+            deep, cell_pair = np.unique(cell_pair, return_inverse=True)
+            pr, pg = np.divmod(deep, gc)
+            acc[deep] += _ap_deep(kernel, xr32_RxN, yr32_GxN, pr, lo + pg, cell_pair, ix, iy, chi2_threshold)
+        elif cell_pair.size:
             deep, cell_pair = np.unique(cell_pair, return_inverse=True)  # pair index r * gc + (g - lo)
             if sx_RxN is None:
                 sx_RxN, sy_GxN = _morton_axes(n, xr_RxN, yr_GxN)

@@ -8,6 +8,17 @@ from grn_jax.graphs import mutual_info as mi
 from grn_jax.testing import assert_allclose, tolerance
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def deep_path(request, monkeypatch):
+    """Both implementations of the adaptive grid's deep trees: the compiled kernel and the numpy fallback."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setattr(mi, "_NUMBA_DISABLED", request.param == "numpy")
+    mi._deep_kernel.cache_clear()
+    yield request.param
+    mi._deep_kernel.cache_clear()
+
+
 def _gaussian_pairs(rng, n, p, rho):
     z = rng.standard_normal((n, p))
     w = rho * z + np.sqrt(1.0 - rho * rho) * rng.standard_normal((n, p))
@@ -81,7 +92,7 @@ def test_adaptive_partitioning_chunking_does_not_change_values():
     assert_allclose(whole, single, np.float64)
 
 
-def test_estimators_rank_pairs_alike():
+def test_estimators_rank_pairs_alike(deep_path):
     rng = np.random.default_rng(4)
     n, g = 1500, 40
     base = rng.standard_normal((n, 1))
@@ -142,7 +153,7 @@ def test_midranks_match_scipy_on_sparse_tied_and_signed_data():
 
 
 @pytest.mark.parametrize("n", [8, 13, 100, 257])
-def test_adaptive_histogram_path_matches_point_by_point_reference(n):
+def test_adaptive_histogram_path_matches_point_by_point_reference(n, deep_path):
     """The histogram top levels + resumed deep trees give the values of the point-by-point recursion."""
     rng = np.random.default_rng(n)
     z = rng.standard_normal((n, 12))
@@ -189,7 +200,7 @@ def _adaptive_mi_recursive(x, y, chi2=mi.CHI2_3DOF_P05):
 
 
 @pytest.mark.parametrize("n", [8, 9, 16, 31, 64, 150, 301])
-def test_adaptive_grid_matches_plain_recursion(n):
+def test_adaptive_grid_matches_plain_recursion(n, deep_path):
     """Every path of the grid (depth-2 cumulative counts, depth-3 Morton-prefix counts, sorted Morton codes
     below) and the per-pair function against the recursive definition, for independent to deterministic pairs,
     whatever the chunking."""
@@ -212,6 +223,29 @@ def test_adaptive_grid_matches_plain_recursion(n):
     assert ref[0, 0] > ref[0, 5]
     if n >= 64:
         assert ref[0, 0] > np.log(8)  # y = x: the tree goes below depth 3 (the sorted Morton path ran)
+
+
+@pytest.mark.parametrize("n", [9, 64, 300, 1000])
+def test_adaptive_grid_compiled_kernel_gives_the_numpy_bits(n, monkeypatch):
+    """The numba deep-tree kernel and the numpy path (Morton sort + binary searches) give the same bits on
+    independent to deterministic pairs, whatever the chunking."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(200 + n)
+    z = rng.standard_normal((n, 6))
+    w = np.concatenate([z + s * rng.standard_normal((n, 6)) for s in (0.0, 0.05, 0.3, 1.0, 10.0)], axis=1)
+    w[:, 0] = -z[:, 0]
+    xr, yr = mi.rank_transform(z, ties="random", rng=rng), mi.rank_transform(w, ties="random", rng=rng)
+    got = {}
+    for path in ("numba", "numpy"):
+        monkeypatch.setattr(mi, "_NUMBA_DISABLED", path == "numpy")
+        mi._deep_kernel.cache_clear()
+        assert (mi._deep_kernel() is None) == (path == "numpy")
+        got[path] = [mi.adaptive_partition_mi_grid(xr, yr, max_points=m) for m in (n, 64 * n, 1 << 22)]
+    mi._deep_kernel.cache_clear()
+    for a, b in zip(got["numba"], got["numpy"]):
+        assert np.array_equal(a, b)
+    if n >= 64:
+        assert got["numba"][0][0, 0] > np.log(8)  # y = x: trees below depth 3 (the kernel's generic levels)
 
 
 def _lexsort_ranks(x, key):
