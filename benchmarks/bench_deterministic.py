@@ -32,42 +32,19 @@ from grn_jax.train.main import use_cpu_devices
 use_cpu_devices(8)  # 8 simulated CPU devices, before any backend is chosen
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import RESULTS, VOCAB, machine, synthetic_cells  # noqa: E402
-from grn_jax.data.masking import mask_bins  # noqa: E402
-from grn_jax.models import build_model, example_batch, tiny  # noqa: E402
+from bench_train import RESULTS, VOCAB, compile_train_step, machine, synthetic_cells  # noqa: E402
+from grn_jax.models import tiny  # noqa: E402
 from grn_jax.train import sharding as sh  # noqa: E402
 from grn_jax.train.config import MeshConfig, TrainConfig  # noqa: E402
-from grn_jax.train.optim import make_optimizer  # noqa: E402
-from grn_jax.train.state import init_sharded_state  # noqa: E402
-from grn_jax.train.step import jit_train_step, make_train_step  # noqa: E402
 
 
 def compile_case(mesh_cfg: MeshConfig, deterministic: bool, cells) -> dict:
     """The compiled step, its state and batch, AOT compile time and memory_analysis() of one case."""
     model_cfg = tiny(VOCAB, n_bins=100, d_model=64, n_layers=2, n_heads=4, mlp_dim=128, attention="diffusion")
-    model = build_model(model_cfg)
     tcfg = TrainConfig(steps=1000, batch_size=cells.cell_index.shape[0], deterministic_reductions=deterministic)
-    tx = make_optimizer(tcfg)
-    mesh = sh.make_mesh(mesh_cfg)
-    init_batch = example_batch(model_cfg, batch_size=1, seq_len=8, num_edges=8)
-
-    def init_params(rng):
-        return model.init({"params": rng}, init_batch, deterministic=True)["params"]
-
-    def apply_fn(params, batch, *, deterministic, rngs):
-        return model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs).bin_logits
-
-    def mask_fn(key, batch):
-        return mask_bins(key, batch.tokens, 0.3, model_cfg.bin_spec, cell_ids=batch.cell_index)
-
-    init = init_sharded_state(init_params, tx, mesh, jax.random.key(0))
-    step = jit_train_step(make_train_step(apply_fn, mask_fn, tx, tcfg), init.shardings, cells, mesh)
-    batch = sh.global_batch(cells, mesh)
-    t0 = time.perf_counter()
-    compiled = step.lower(init.state, batch).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, state, batch, compile_s = compile_train_step(model_cfg, tcfg, sh.make_mesh(mesh_cfg), cells)
     mem = compiled.memory_analysis()
-    state, metrics = compiled(init.state, batch)  # warm-up
+    state, metrics = compiled(state, batch)  # warm-up
     return {"step": compiled, "state": state, "batch": batch, "first_loss": float(metrics["loss"]),
             "compile_s": round(compile_s, 2), "temp_bytes": int(mem.temp_size_in_bytes),
             "argument_bytes": int(mem.argument_size_in_bytes), "times": []}

@@ -87,12 +87,13 @@ def synthetic_cells(rng: np.random.Generator, batch: int, seq_len: int, n_bins: 
     return CellBatch(tokens=tokens, cell_index=np.arange(batch, dtype=np.int32), cell_mask=np.ones(batch, bool))
 
 
-def time_step(model_cfg, mesh_cfg: MeshConfig, n_devices: int, cells: CellBatch, repeats: int) -> dict:
-    """Compile (AOT, timed apart) and time the sharded train step on `n_devices` devices."""
+def compile_train_step(model_cfg, tcfg: TrainConfig, mesh, cells: CellBatch):
+    """The pretraining step exactly as `grn-jax pretrain` builds it, AOT-compiled on `mesh`.
+
+    Returns (compiled step, initial sharded state, the global batch, compile seconds).
+    """
     model = build_model(model_cfg)
-    tcfg = TrainConfig(steps=1000, batch_size=cells.cell_index.shape[0])
     tx = make_optimizer(tcfg)
-    mesh = sh.make_mesh(mesh_cfg, jax.devices()[:n_devices])
     init_batch = example_batch(model_cfg, batch_size=1, seq_len=8, num_edges=8)
 
     def init_params(rng):
@@ -109,8 +110,15 @@ def time_step(model_cfg, mesh_cfg: MeshConfig, n_devices: int, cells: CellBatch,
     batch = sh.global_batch(cells, mesh)
     t0 = time.perf_counter()
     compiled = step.lower(init.state, batch).compile()
-    compile_s = time.perf_counter() - t0
-    state, metrics = compiled(init.state, batch)  # warm-up
+    return compiled, init.state, batch, time.perf_counter() - t0
+
+
+def time_step(model_cfg, mesh_cfg: MeshConfig, n_devices: int, cells: CellBatch, repeats: int) -> dict:
+    """Compile (AOT, timed apart) and time the sharded train step on `n_devices` devices."""
+    tcfg = TrainConfig(steps=1000, batch_size=cells.cell_index.shape[0])
+    mesh = sh.make_mesh(mesh_cfg, jax.devices()[:n_devices])
+    compiled, state, batch, compile_s = compile_train_step(model_cfg, tcfg, mesh, cells)
+    state, metrics = compiled(state, batch)  # warm-up
     jax.block_until_ready(metrics)
     times = []
     for _ in range(repeats):
