@@ -146,12 +146,13 @@ def test_model_plumbs_diffusion_operands_to_every_gdka_layer():
     out = {}
     for beta in (0.0, 1.0):
         for ops in ("queries", "queries_values"):
-            cfg = dataclasses.replace(tiny(gene_vocab_size=40), diffusion_beta=beta, diffusion_operands=ops,
-                                      cell_head=False)
+            cfg = dataclasses.replace(tiny(gene_vocab_size=40), d_model=16, n_layers=1, n_heads=2, mlp_dim=16,
+                                      diffusion_beta=beta, diffusion_operands=ops, cell_head=False)
             model = build_model(cfg)
             batch = example_batch(cfg, batch_size=2, seq_len=16, num_edges=16)
-            params = model.init({"params": jax.random.key(0)}, batch, deterministic=True)
-            out[beta, ops] = np.asarray(model.apply(params, batch, deterministic=True).bin_logits)
+            params = jax.jit(lambda k, b: model.init({"params": k}, b, deterministic=True))(jax.random.key(0), batch)
+            out[beta, ops] = np.asarray(jax.jit(lambda p, b: model.apply(p, b, deterministic=True).bin_logits)(
+                params, batch))
     np.testing.assert_array_equal(out[0.0, "queries"], out[0.0, "queries_values"])  # phi = I: no change at all
     diff = np.linalg.norm(out[1.0, "queries"] - out[1.0, "queries_values"])
     assert diff > 1e-3 * np.linalg.norm(out[1.0, "queries"])
