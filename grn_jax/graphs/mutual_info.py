@@ -289,7 +289,7 @@ def _interval_tree(n: int, depth: int):
 
     Returns bins_N (each rank's interval index at `depth`; the children of interval b are 2b, 2b+1),
     widths (a list of depth + 1 arrays: interval widths per level) and the (lo, hi) bounds of the intervals
-    at `depth`, matching `_ap_levels`' half-open pivots.
+    at `depth`, matching the half-open pivots of the recursion (mid = (lo + hi) // 2).
     """
     lo, hi = np.zeros(1, np.int64), np.full(1, n, np.int64)
     idx = np.zeros(n, np.int64)
@@ -305,7 +305,7 @@ def _interval_tree(n: int, depth: int):
 
 def _ap_from_hist(h_PxBxB: np.ndarray, widths, n: int, chi2_threshold: float):
     """The leaf sum [P] of the top D levels of each pair's adaptive tree from its depth-D rank histogram,
-    and the cells [P, 2^D, 2^D] still live at depth D (split parent, > 2 points), which `_ap_levels` finishes."""
+    and the cells [P, 2^D, 2^D] still live at depth D (split parent, > 2 points), which the deep-tree stage finishes."""
     p, b = h_PxBxB.shape[:2]
     depth = b.bit_length() - 1
     hist = [None] * (depth + 1)
@@ -449,7 +449,7 @@ _QX_4, _QY_4 = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])  # quadrant q = 2 
 def _ap_level(acc, counts_Sx4, cell_pair, ix, iy, d: int, widths, chi2_threshold: float):
     """One level of the trees below S live cells at depth d, given their quadrant counts [S, 4] (int):
     adds the leaves to acc [P] (uniform cells, then quadrants of <= 2 points, in cell order) with
-    `_ap_levels`' arithmetic; returns the live quadrants [S, 4] and the quadrants' intervals at depth d + 1."""
+    the recursion's arithmetic; returns the live quadrants [S, 4] and the quadrants' intervals at depth d + 1."""
     seg_len = counts_Sx4.sum(axis=1)
     expected = seg_len / 4.0
     chi2 = ((counts_Sx4 - expected[:, None]) ** 2).sum(axis=1) / expected
@@ -482,7 +482,7 @@ def _ap_sorted(acc, code_PxN: np.ndarray, cell_pair, ix, iy, depth0: int, chi2_t
     quadrant order q = 2 x-half + y-half), so after sorting each pair's codes every cell at every depth is a
     contiguous run, and a cell's four quadrant counts are differences of binary-search positions in the
     sorted codes (three searches per live cell and level instead of a pass over its points). Cells are
-    visited, and their leaves added, in the order of `_ap_levels`, with the same arithmetic (`_ap_level`).
+    visited, and their leaves added, level by level, in (cell, quadrant) order, with `_ap_level`'s arithmetic.
     """
     (p, n), depth = code_PxN.shape, _full_paths(code_PxN.shape[1])[0]
     widths = _full_paths(n)[2]
@@ -513,75 +513,6 @@ def _ap_sorted(acc, code_PxN: np.ndarray, cell_pair, ix, iy, depth0: int, chi2_t
         start, end = bounds[:, :4][live], bounds[:, 1:][live]
         base = cell_pair << (2 * depth)
         d += 1
-
-
-def _ap_chunk(xr_NxP: np.ndarray, yr_NxP: np.ndarray, chi2_threshold: float) -> np.ndarray:
-    """One vectorised pass per depth over every live (pair, point); no sorting.
-
-    Points are kept grouped by cell: every live cell is a contiguous segment
-    (`seg_start`, `seg_len`) with its rank rectangle stored once per segment. A
-    level counts each segment's quadrants with one bincount, then moves every
-    point that stays live to its child's segment with a counting sort (child
-    offsets from the counts + the point's rank among its siblings, by cumsum).
-    """
-    n, p = xr_NxP.shape
-    x = np.ascontiguousarray(xr_NxP.T).ravel()  # pair-major: a pair is one segment
-    y = np.ascontiguousarray(yr_NxP.T).ravel()
-    zeros, full = np.zeros(p, np.int64), np.full(p, n, np.int64)
-    acc = _ap_levels(x, y, full, np.arange(p), zeros, full, zeros, full, p, chi2_threshold, root=True)
-    return acc / n + np.log(n)
-
-
-def _ap_levels(x, y, seg_len, seg_pair, lox, hix, loy, hiy, n_pairs: int, chi2_threshold: float, *,
-               root: bool) -> np.ndarray:
-    """The leaf sum [n_pairs] of the trees below the given live cells (segments of the points x, y, grouped
-    by cell; `seg_pair` names each cell's pair, lo/hi its rank rectangle), level by level."""
-    x, y = x.astype(np.int32), y.astype(np.int32)
-    acc = np.zeros(n_pairs, np.float64)
-    while x.size:
-        n_seg = seg_len.size
-        seg = np.repeat(np.arange(n_seg), seg_len)
-        seg_first = np.cumsum(seg_len) - seg_len
-        mx, my = (lox + hix) // 2, (loy + hiy) // 2
-        q = 2 * (x >= mx[seg]) + (y >= my[seg])
-        counts_Sx4 = np.bincount(seg * 4 + q, minlength=4 * n_seg).reshape(n_seg, 4)
-        expected = seg_len / 4.0
-        chi2 = ((counts_Sx4 - expected[:, None]) ** 2).sum(axis=1) / expected
-        split = np.ones(n_seg, bool) if root else chi2 > chi2_threshold
-        root = False
-        # Cells that pass the uniformity test are leaves.
-        leaf = ~split
-        np.add.at(acc, seg_pair[leaf], _leaf_info(seg_len[leaf], hix[leaf] - lox[leaf], hiy[leaf] - loy[leaf]))
-        # Children of split cells, in (segment, quadrant) order: quadrant q has x half q // 2, y half q % 2.
-        qx_4, qy_4 = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
-        clox = np.where(qx_4, mx[:, None], lox[:, None])
-        chix = np.where(qx_4, hix[:, None], mx[:, None])
-        cloy = np.where(qy_4, my[:, None], loy[:, None])
-        chiy = np.where(qy_4, hiy[:, None], my[:, None])
-        small = split[:, None] & (counts_Sx4 <= 2)  # quadrants with <= 2 points are leaves
-        np.add.at(acc, np.broadcast_to(seg_pair[:, None], small.shape)[small],
-                  _leaf_info(counts_Sx4[small], (chix - clox)[small], (chiy - cloy)[small]))
-        live_Sx4 = split[:, None] & (counts_Sx4 > 2)
-        sizes = np.where(live_Sx4, counts_Sx4, 0).ravel()
-        child_first = np.cumsum(sizes) - sizes
-        # Rank of each point among the points of its segment with the same quadrant (stable).
-        rank = np.empty(x.size, np.int64)
-        for k in range(4):  # the four quadrants, each a vectorised cumsum over all points
-            mask = q == k
-            run = np.cumsum(mask)
-            before = (run - mask)[seg_first]
-            rank[mask] = run[mask] - 1 - before[seg[mask]]
-        key = seg * 4 + q
-        live = sizes[key] > 0
-        dest = child_first[key[live]] + rank[live]
-        order = np.empty(dest.size, np.int64)
-        order[dest] = np.flatnonzero(live)
-        x, y = x[order], y[order]
-        keep = sizes > 0
-        seg_len = sizes[keep]
-        seg_pair = np.repeat(seg_pair, 4)[keep]
-        lox, hix, loy, hiy = clox.ravel()[keep], chix.ravel()[keep], cloy.ravel()[keep], chiy.ravel()[keep]
-    return acc
 
 
 # --- compiled deep trees (numba, when it imports) -------------------------------------------------------------
@@ -827,7 +758,7 @@ def adaptive_partition_mi_grid(xr_NxR: np.ndarray, yr_NxG: np.ndarray, *, chi2_t
        level of `_ap_level`;
     3. the pairs still live at depth 3: their codes sorted once, after which every cell at every depth
        is a contiguous run and its quadrant counts come from binary searches (`_ap_sorted`), level by
-       level, in `_ap_levels`' order and arithmetic.
+       level, in (cell, quadrant) order with `_ap_level`'s arithmetic.
 
     With numba, stages 2-3 are one compiled loop per deep pair (`_ap_deep_py`, compiled once and cached on
     disk): the same cells visited in the same order with the same float operations, so the same bits (tested
