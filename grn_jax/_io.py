@@ -17,6 +17,11 @@ from typing import Iterator, Union
 PathLike = Union[str, os.PathLike]
 
 
+def is_url(path: PathLike) -> bool:
+    """True for `scheme://...` (remote storage, through etils.epath), False for a local path."""
+    return "://" in os.fspath(path)
+
+
 def read_json(path: PathLike, what: str = "JSON file"):
     """`json.loads` of the file; a missing file or a decode error is a ValueError naming the file."""
     path = Path(path)

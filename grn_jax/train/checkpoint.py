@@ -35,6 +35,8 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from grn_jax._io import is_url
+
 INTEGRITY_FILE = "grn_jax_integrity.json"
 # Fault injection for tests: the step whose seal is never written (SIGKILL right after orbax commits it).
 FAULT_SEAL_ENV = "GRN_JAX_FAULT_BEFORE_SEAL"
@@ -62,11 +64,6 @@ class Restored:
     data_state: dict
     config: dict
     vocab: Any
-
-
-def is_url(directory: str | os.PathLike) -> bool:
-    """True for `scheme://...` (remote storage through etils.epath), False for a local path."""
-    return "://" in os.fspath(directory)
 
 
 def checkpoint_path(directory: str | os.PathLike):
@@ -104,29 +101,27 @@ def _check_orbax_can_write_arrays(url: str) -> None:
                          f"({e}); use gs://, or a local or mounted path") from None
 
 
-def _remote_files(directory) -> list:
-    """Every file under an epath `directory` by listing each folder (epath refuses `**` globs on object stores)."""
+def _all_files(directory) -> list:
+    """Every file under `directory` (pathlib or epath) by listing each folder (epath refuses `**` globs on
+    object stores)."""
     files = []
     for child in directory.iterdir():
         if child.is_dir():
-            files.extend(_remote_files(child))
+            files.extend(_all_files(child))
         else:
             files.append(child)
     return files
 
 
 def _hash_files(step_dir) -> dict:
-    local = isinstance(step_dir, Path)
-    found = (p for p in step_dir.rglob("*") if p.is_file()) if local else _remote_files(step_dir)
     digests = {}
-    for path in sorted(p for p in found if p.name != INTEGRITY_FILE):
+    for path in sorted(p for p in _all_files(step_dir) if p.name != INTEGRITY_FILE):
         h, n = hashlib.sha256(), 0
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
                 n += len(chunk)
-        digests[str(path.relative_to(step_dir))] = {"sha256": h.hexdigest(),
-                                                    "bytes": path.stat().st_size if local else n}
+        digests[str(path.relative_to(step_dir))] = {"sha256": h.hexdigest(), "bytes": n}  # the bytes hashed
     return digests
 
 
@@ -187,10 +182,8 @@ class Checkpointer:
         record = {"step": step, "files": _hash_files(step_dir)}
         tmp = step_dir / (INTEGRITY_FILE + ".tmp")
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-        if isinstance(tmp, Path):
-            os.replace(tmp, step_dir / INTEGRITY_FILE)
-        else:  # epath: write then rename as locally (on GCS a copy + delete; an object never appears half-written)
-            tmp.replace(step_dir / INTEGRITY_FILE)
+        # pathlib's replace is os.replace (atomic); epath's on GCS is copy + delete (never a half-written object)
+        tmp.replace(step_dir / INTEGRITY_FILE)
 
     def wait(self) -> None:
         """Block until every started save is finalised and sealed."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from grn_jax._io import is_url
+
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -140,7 +142,7 @@ class TrainConfig:
         _check(self.keep_best >= 0, "train.keep_best", f"must be >= 0, got {self.keep_best}")
         _check(isinstance(self.seed, int) and self.seed >= 0, "train.seed", f"must be an integer >= 0, got {self.seed!r}")
         _check(bool(self.run_dir), "train.run_dir", "must be a non-empty path")
-        _check("://" not in str(self.run_dir), "train.run_dir",
+        _check(not is_url(str(self.run_dir)), "train.run_dir",
                f"must be a local directory (it holds metrics, the run lock and logs), got {self.run_dir!r}; put "
                f"checkpoints on remote storage with train.checkpoint_dir (e.g. gs://bucket/run/checkpoints)")
         _check(self.checkpoint_dir is None or (isinstance(self.checkpoint_dir, str) and bool(self.checkpoint_dir)),
