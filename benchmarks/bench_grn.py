@@ -50,6 +50,16 @@ def _load() -> list:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def write_report(out_dir: str, name: str, report: dict, markdown: str) -> None:
+    """OUT/NAME.json and OUT/NAME.md written atomically, and the markdown printed."""
+    from grn_jax._io import atomic_write_text
+
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(os.path.join(out_dir, f"{name}.json"), json.dumps(report, indent=2, default=str))
+    atomic_write_text(os.path.join(out_dir, f"{name}.md"), markdown)
+    print(markdown)
+
+
 # ----------------------------------------------------------------------------- quality
 
 
@@ -394,13 +404,7 @@ def main(argv=None) -> int:
         report["zeisel"] = zeisel_timing(args.zeisel) if os.path.exists(args.zeisel) else None
     report["load_at_end"] = _load()
     report["total_s"] = time.perf_counter() - t0
-    os.makedirs(args.out, exist_ok=True)
-    name = "grn_quick" if args.quick else "grn"
-    from grn_jax._io import atomic_write_text
-
-    atomic_write_text(os.path.join(args.out, f"{name}.json"), json.dumps(report, indent=2, default=str))
-    atomic_write_text(os.path.join(args.out, f"{name}.md"), _markdown(report))
-    print(_markdown(report))
+    write_report(args.out, "grn_quick" if args.quick else "grn", report, _markdown(report))
     return 0
 
 

@@ -27,15 +27,14 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_grn import _load, write_report  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ZEISEL = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                                        "zeisel.h5ad"))
 ESTIMATORS = ("gaussian", "adaptive")
-
-
-def _load() -> list:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def _time_pair(run, repeats: int) -> dict:
@@ -58,7 +57,7 @@ def _time_pair(run, repeats: int) -> dict:
 
 
 def simulated(sets, repeats_single: int, repeats_boot: int) -> list:
-    from bench_grn import _problem
+    from bench_grn import _problem  # noqa: PLC0415
 
     from grn_jax.graphs import AracneConfig, infer_network
 
@@ -144,13 +143,7 @@ def main(argv=None) -> int:
             report["rows"] += zeisel(args.zeisel, repeats=3)
     report["load_at_end"] = _load()
     report["total_s"] = time.perf_counter() - t0
-    os.makedirs(args.out, exist_ok=True)
-    name = "grn_speed_quick" if args.quick else "grn_speed"
-    from grn_jax._io import atomic_write_text
-
-    atomic_write_text(os.path.join(args.out, f"{name}.json"), json.dumps(report, indent=2, default=str))
-    atomic_write_text(os.path.join(args.out, f"{name}.md"), _markdown(report))
-    print(_markdown(report))
+    write_report(args.out, "grn_speed_quick" if args.quick else "grn_speed", report, _markdown(report))
     return 0
 
 
