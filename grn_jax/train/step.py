@@ -86,10 +86,9 @@ def _split_micro(batch, n_micro: int):
 
 
 def _sum_in_shard_order(x_G: jax.Array) -> jax.Array:
-    """x[0] + x[1] + ... + x[G-1], left to right: one fixed order of float additions."""
-    total = x_G[0]
-    for i in range(1, x_G.shape[0]):
-        total = total + x_G[i]
+    """x[0] + x[1] + ... + x[G-1], left to right: one fixed order of float additions (a scan, so the traced
+    program does not grow with the number of shards)."""
+    total, _ = jax.lax.scan(lambda acc, x: (acc + x, None), x_G[0], x_G[1:])
     return total
 
 
